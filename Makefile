@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh clone: `make run` and `make test`.
+# Both create .venv when it is missing and install the pinned stack into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROFILE ?= auto
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+
+.PHONY: run test lint unit install clean check-profile
+
+run: check-profile $(STAMP)
+	$(BIN)/python -m helpers.runner --profile $(PROFILE)
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check helpers tests benchmarks
+	$(BIN)/nbqa ruff notebooks
+	$(BIN)/nbstripout --verify $(NOTEBOOKS)
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not notebooks"
+
+install: $(STAMP)
+
+# Validates PROFILE with the system Python before spending minutes on an install.
+check-profile:
+	@$(PYTHON) -m helpers.config --check $(PROFILE)
+
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml scripts/install-nodeps.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	bash scripts/install-nodeps.sh $(BIN)/python
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache

@@ -1,0 +1,136 @@
+"""Run profiles: named parameter sets that size the course for a machine.
+
+``quick`` is a CI smoke run, ``cpu`` a meaningful run on a 2-core laptop in about
+15 minutes, ``full`` the mission's settings (64^3 patches, batch 8, 100 epochs).
+This module uses the standard library only, so the Makefile can validate a
+profile name before anything is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OUTPUTS = REPO_ROOT / "outputs"
+
+#: Parameters a notebook's ``parameters`` cell may set; None there means "take the profile's".
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "sandstone_shape": (80, 64, 64),
+        "brain_zoom": 0.25,
+        "val_fraction": 0.4,
+        "patch_size": 32,
+        "overlap": 0.5,
+        "epochs": 2,
+        "batch_size": 2,
+        "steps_per_epoch": 3,
+        "val_steps": 2,
+        "learning_rate": 1e-3,
+        "loss": "dice+ce",
+    },
+    "cpu": {
+        "sandstone_shape": (160, 128, 128),
+        "brain_zoom": 0.5,
+        "val_fraction": 0.4,
+        "patch_size": 32,
+        "overlap": 0.5,
+        "epochs": 12,
+        "batch_size": 8,
+        "steps_per_epoch": 25,
+        "val_steps": 4,
+        "learning_rate": 2e-3,
+        "loss": "dice+ce",
+    },
+    "full": {
+        "sandstone_shape": (256, 256, 256),
+        "brain_zoom": 1.0,
+        "val_fraction": 0.25,
+        "patch_size": 64,
+        "overlap": 0.5,
+        "epochs": 100,
+        "batch_size": 8,
+        "steps_per_epoch": 100,
+        "val_steps": 16,
+        "learning_rate": 1e-3,
+        "loss": "dice+ce",
+    },
+}
+
+DATASETS = ("sandstone", "brain")
+
+
+class ProfileError(ValueError):
+    """An unknown profile or parameter name."""
+
+
+def gpu_visible() -> bool:
+    """True when ``nvidia-smi -L`` lists at least one GPU (no TensorFlow import)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return False
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def resolve_profile_name(name: str) -> str:
+    """Map ``auto`` to ``full`` with a GPU and ``cpu`` without; validate other names."""
+    if name == "auto":
+        return "full" if gpu_visible() else "cpu"
+    if name not in PROFILES:
+        valid = ", ".join([*PROFILES, "auto"])
+        raise ProfileError(f"profile={name!r} is not a profile; valid profiles: {valid}")
+    return name
+
+
+def get_params(profile: str = "auto", dataset: str = "sandstone", **overrides: Any) -> dict[str, Any]:
+    """Return the profile's parameters with explicit, non-None ``overrides`` applied.
+
+    This is what a notebook's ``parameters`` cell feeds: every knob left at None
+    comes from the profile, every knob set explicitly wins.
+    """
+    name = resolve_profile_name(profile)
+    if dataset not in DATASETS:
+        raise ProfileError(f"dataset={dataset!r} is not a dataset; valid datasets: {DATASETS}")
+    params = dict(PROFILES[name])
+    for key, value in overrides.items():
+        if key not in params and key not in ("run_dir", "output_dir"):
+            raise ProfileError(f"{key!r} is not a profile parameter; known: {sorted(params)}")
+        if value is not None:
+            params[key] = value
+    params["profile"] = name
+    params["dataset"] = dataset
+    out = Path(params.get("output_dir") or OUTPUTS)
+    params["output_dir"] = str(out)
+    params["run_dir"] = str(params.get("run_dir") or out / "runs" / f"{dataset}-{name}")
+    return params
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", metavar="PROFILE", help="validate a profile name")
+    args = parser.parse_args(argv)
+    if args.check is not None:
+        try:
+            chosen = resolve_profile_name(args.check)
+        except ProfileError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        how = "a GPU is visible" if chosen == "full" else "no GPU is visible"
+        note = f" ({how})" if args.check == "auto" else ""
+        print(f"Profile: {chosen}{note}. Override with `make run PROFILE=quick|cpu|full`.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Whole-volume prediction: streaming sliding-window inference with blended stitching.
+
+:func:`predict_volume` never holds all patches in memory. Windows are cut in
+z-major order, fed to the model in batches of a fixed shape, and added with their
+blend weight into a rolling buffer one window deep along Z. As soon as no later
+window can touch a slab of Z it is finalised (normalised, or argmaxed for
+``output="labels"``) and the buffer moves on, so the working memory is
+O(patch depth x Y x X x n_classes) rather than O(volume x n_classes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from helpers.patches import (
+    Blend,
+    as_patch_shape,
+    blend_weights,
+    check_overlap,
+    check_volume,
+    clip_window,
+    sliding_windows,
+)
+
+Output = Literal["probabilities", "labels"]
+_FINITE_CHUNK = 8
+
+
+def check_finite(volume: np.ndarray, name: str = "volume") -> None:
+    """Raise ValueError if ``volume`` holds NaN or Inf, scanning a few Z slices at a time.
+
+    Chunking keeps the temporary boolean mask small instead of volume-sized.
+    """
+    if not np.issubdtype(volume.dtype, np.floating):
+        return
+    for z0 in range(0, volume.shape[0], _FINITE_CHUNK):
+        chunk = volume[z0 : z0 + _FINITE_CHUNK]
+        if not np.isfinite(chunk).all():
+            bad = np.argwhere(~np.isfinite(chunk))[0]
+            where = (int(bad[0]) + z0, *map(int, bad[1:]))
+            raise ValueError(f"{name} contains NaN or Inf (first at index {where})")
+
+
+def _predict_fn(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    if hasattr(model, "predict_on_batch"):
+        fn = model.predict_on_batch
+    elif callable(model):
+        fn = model
+    else:
+        raise ValueError(f"model must be a Keras model or a callable, got {type(model).__name__}")
+
+    def call(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(fn(batch))
+
+    return call
+
+
+class _SlabAccumulator:
+    """Rolling accumulator covering Z in [base, base + depth) of the output."""
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        depth: int,
+        n_classes: int,
+        weights: np.ndarray | None,
+        output: Output,
+    ) -> None:
+        self.shape, self.depth, self.base = shape, min(depth, shape[0]), 0
+        self.weights = weights
+        self.acc = np.zeros((self.depth, *shape[1:], n_classes), dtype=np.float32)
+        self.wsum = None if weights is None else np.zeros((self.depth, *shape[1:]), np.float32)
+        self.tmp = np.empty((*weights.shape, n_classes), np.float32) if weights is not None else None
+        if output == "labels":
+            self.result = np.zeros(shape, dtype=np.uint8 if n_classes <= 256 else np.int32)
+        else:
+            self.result = np.zeros((*shape, n_classes), dtype=np.float32)
+        self.output = output
+
+    def add(self, pred: np.ndarray, window: tuple[slice, slice, slice]) -> None:
+        if window[0].start > self.base:
+            self.advance(window[0].start)
+        inside, local = clip_window(window, self.shape)
+        rel = (slice(inside[0].start - self.base, inside[0].stop - self.base), *inside[1:])
+        if self.weights is None:
+            self.acc[rel] = pred[local]
+            return
+        w = self.weights[local]
+        tmp = self.tmp[local]
+        np.multiply(pred[local], w[..., None], out=tmp)
+        self.acc[rel] += tmp
+        self.wsum[rel] += w
+
+    def advance(self, new_base: int) -> None:
+        """Finalise Z in [base, new_base) and shift the buffer to start at ``new_base``."""
+        d = new_base - self.base
+        self._finalise(d)
+        keep = self.depth - d
+        for i in range(keep):  # slice by slice: no buffer-sized temporary from overlap
+            self.acc[i] = self.acc[i + d]
+            if self.wsum is not None:
+                self.wsum[i] = self.wsum[i + d]
+        self.acc[keep:] = 0
+        if self.wsum is not None:
+            self.wsum[keep:] = 0
+        self.base = new_base
+
+    def finish(self) -> np.ndarray:
+        self._finalise(min(self.depth, self.shape[0] - self.base))
+        return self.result
+
+    def _finalise(self, n: int) -> None:
+        acc = self.acc[:n]
+        if self.wsum is not None:
+            acc /= self.wsum[:n, ..., None]
+        target = self.result[self.base : self.base + n]
+        if self.output == "probabilities":
+            target[...] = acc
+        elif acc.shape[-1] == 1:
+            target[...] = acc[..., 0] >= 0.5
+        else:
+            for j in range(n):  # per slice, so the int64 argmax temporary stays small
+                target[j] = np.argmax(acc[j], axis=-1)
+
+
+def predict_volume(
+    model: Any,
+    volume: np.ndarray,
+    patch_size: int | Sequence[int] = 64,
+    overlap: float = 0.5,
+    batch_size: int = 8,
+    blend: Blend = "gaussian",
+    output: Output = "probabilities",
+    progress: bool = True,
+    pad_value: float = 0.0,
+) -> np.ndarray:
+    """Predict a whole volume with overlapping windows and blended stitching.
+
+    Parameters
+    ----------
+    model : keras.Model or callable
+        Maps a float32 batch (B, pz, py, px, C_in) to (B, pz, py, px, n_classes).
+        A Keras model is called through ``predict_on_batch``.
+    volume : ndarray, (Z, Y, X) or (Z, Y, X, C_in)
+        Any real dtype; patches are converted to float32 batch by batch. Axes
+        shorter than the patch are padded with ``pad_value`` patch by patch.
+    patch_size : int or 3 ints
+        Window size in voxels; must match the model's input.
+    overlap : float in [0, 1)
+        Fraction of a patch shared by neighbouring windows.
+    batch_size : int
+        Windows per model call. The last batch is padded to this size so a
+        compiled model always sees one shape and is not retraced.
+    blend : {"gaussian", "average", "none"}
+        Gaussian importance weighting (sigma = patch/8), plain averaging, or
+        last-window-wins (what ``patchify.unpatchify`` does).
+    output : {"probabilities", "labels"}
+        float32 (Z, Y, X, n_classes) blended model outputs, or the (Z, Y, X) uint8
+        argmax (threshold 0.5 for a single output channel), computed slab by slab.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    ndarray
+        See ``output``.
+    """
+    volume = check_volume(volume)
+    patch = as_patch_shape(patch_size)
+    overlap = check_overlap(overlap)
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if output not in ("probabilities", "labels"):
+        raise ValueError(f"output must be 'probabilities' or 'labels', got {output!r}")
+    weights = blend_weights(patch, blend)
+    check_finite(volume)
+    predict = _predict_fn(model)
+
+    shape = tuple(int(s) for s in volume.shape[:3])
+    vol4 = volume if volume.ndim == 4 else volume[..., None]
+    windows = sliding_windows(shape, patch, overlap)
+    batch = np.empty((batch_size, *patch, vol4.shape[3]), dtype=np.float32)
+    acc: _SlabAccumulator | None = None
+
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(windows), disable=not progress, desc="predict_volume", unit="patch") as bar:
+        for first in range(0, len(windows), batch_size):
+            group = windows[first : first + batch_size]
+            for i, window in enumerate(group):
+                inside, local = clip_window(window, shape)
+                if local != tuple(slice(0, p) for p in patch):
+                    batch[i] = pad_value
+                batch[i][local] = vol4[inside]
+            if len(group) < batch_size:
+                batch[len(group) :] = pad_value
+            pred = predict(batch)
+            if pred.ndim != 5 or pred.shape[:4] != batch.shape[:4]:
+                raise ValueError(
+                    f"model output has shape {pred.shape}; expected "
+                    f"{(batch_size, *patch, 'n_classes')} for an input batch of {batch.shape}"
+                )
+            if acc is None:
+                acc = _SlabAccumulator(shape, patch[0], pred.shape[-1], weights, output)
+            for i, window in enumerate(group):
+                acc.add(pred[i], window)
+            bar.update(len(group))
+    assert acc is not None
+    return acc.finish()

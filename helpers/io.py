@@ -1,0 +1,519 @@
+"""Reading and writing volumes with their geometry: NIfTI, NumPy, DICOM series and TIFF stacks.
+
+Axis convention (the only place it is converted): ``Volume.array`` is indexed
+``[z, y, x]`` or ``[z, y, x, c]``, slices first. ``Volume.affine`` is the NIfTI
+4x4 voxel-to-world matrix: it maps ``(x, y, z, 1)`` (note the order: column,
+row, slice) to RAS+ millimetres, exactly as nibabel would report it for the
+same file. So ``affine @ [x, y, z, 1]`` is the world position of ``array[z, y, x]``.
+
+- NIfTI stores (i, j, k) = (x, y, z): the array is transposed on load and save.
+- DICOM stores slices of (rows, columns) = (y, x) in LPS+: slices are ordered by
+  ImagePositionPatient projected on the slice normal and the affine is flipped to RAS+.
+- TIFF and NumPy are stored as (Z, Y, X[, C]) already.
+
+Every write goes to a temporary file in the target folder, then is renamed, so an
+interrupted save never leaves a truncated file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NUMPY_SUFFIXES = (".npy", ".npz")
+TIFF_SUFFIXES = (".tif", ".tiff")
+SUPPORTED = (*NIFTI_SUFFIXES, *NUMPY_SUFFIXES, *TIFF_SUFFIXES, "a DICOM folder or list of files")
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class VolumeError(ValueError):
+    """A volume file that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, reason: str) -> None:
+        self.path = None if path is None else str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if path is not None else reason)
+
+
+@dataclass
+class Volume:
+    """A volume and its geometry.
+
+    Attributes
+    ----------
+    array : ndarray, (Z, Y, X) or (Z, Y, X, C)
+    affine : ndarray, (4, 4) float64
+        Maps (x, y, z, 1) voxel indices to world RAS+ coordinates in mm
+        (TIFF: in the file's unit, often micrometres).
+    source_format : str
+        "nifti", "numpy", "dicom" or "tiff".
+    path : str or None
+    meta : dict
+        Format details worth keeping (NIfTI form codes, DICOM series UID, ...).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    source_format: str = "numpy"
+    path: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size along (Z, Y, X) in world units (mm), from the affine's columns."""
+        dx, dy, dz = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return float(dz), float(dy), float(dx)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+
+def spacing_affine(spacing: Sequence[float]) -> np.ndarray:
+    """Diagonal affine for voxel ``spacing`` given in (Z, Y, X) order."""
+    dz, dy, dx = (float(s) for s in spacing)
+    return np.diag([dx, dy, dz, 1.0])
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _require_3d(array: np.ndarray, path: Any) -> np.ndarray:
+    if array.ndim < 3:
+        raise VolumeError(path, f"is {array.ndim}-D with shape {array.shape}; a 3-D volume is needed")
+    if array.ndim > 4:
+        raise VolumeError(path, f"has {array.ndim} dimensions {array.shape}; expected (Z, Y, X[, C])")
+    return array
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_volume(
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    series_uid: str | None = None,
+) -> Volume:
+    """Load a volume from NIfTI, NumPy, a DICOM series or a TIFF stack.
+
+    Parameters
+    ----------
+    path : path or list of paths
+        ``.nii``/``.nii.gz``, ``.npy``/``.npz`` (loaded with ``allow_pickle=False``),
+        ``.tif``/``.tiff`` (a multi-page stack), a folder of DICOM files, or a list
+        of DICOM files.
+    series_uid : str, optional
+        The SeriesInstanceUID to read when a DICOM folder holds several series.
+
+    Raises
+    ------
+    VolumeError
+        Missing path, unsupported extension, corrupt file, 2-D data, mixed or
+        broken DICOM series; the message names the file.
+    """
+    if isinstance(path, (list, tuple)):
+        return _load_dicom([Path(p) for p in path], series_uid, where=f"DICOM list of {len(path)}")
+    path = Path(path)
+    if not path.exists():
+        raise VolumeError(path, "no such file or directory")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        return _load_dicom(files, series_uid, where=path)
+    suffix = _suffix(path)
+    try:
+        if suffix in NIFTI_SUFFIXES:
+            vol = _load_nifti(path)
+        elif suffix in NUMPY_SUFFIXES:
+            vol = _load_numpy(path)
+        elif suffix in TIFF_SUFFIXES:
+            vol = _load_tiff(path)
+        elif suffix == ".dcm":
+            return _load_dicom([path], series_uid, where=path)
+        else:
+            raise VolumeError(path, f"unsupported extension {suffix!r}; supported: {SUPPORTED}")
+    except VolumeError:
+        raise
+    except Exception as err:  # the readers raise many types for damaged files
+        raise VolumeError(path, f"corrupt or truncated file ({type(err).__name__}: {err})") from err
+    vol.path = str(path)
+    _require_3d(vol.array, path)
+    return vol
+
+
+def _load_nifti(path: Path) -> Volume:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj)
+    if data.ndim == 5 and data.shape[3] == 1:
+        data = data[:, :, :, 0, :]
+    if data.ndim >= 3:
+        data = np.ascontiguousarray(np.swapaxes(data, 0, 2))
+    hdr = img.header
+    meta = {"qform_code": int(hdr["qform_code"]), "sform_code": int(hdr["sform_code"])}
+    return Volume(data, np.asarray(img.affine, dtype=np.float64), "nifti", meta=meta)
+
+
+def _load_numpy(path: Path) -> Volume:
+    loaded = np.load(path, allow_pickle=False)
+    if isinstance(loaded, np.ndarray):
+        return Volume(loaded, np.eye(4), "numpy")
+    with loaded as npz:
+        keys = list(npz.keys())
+        key = "array" if "array" in keys else keys[0] if len(keys) == 1 else None
+        if key is None:
+            raise VolumeError(path, f"holds arrays {keys}; expected one array or one named 'array'")
+        array = npz[key]
+        affine = np.asarray(npz["affine"], dtype=np.float64) if "affine" in keys else np.eye(4)
+    if affine.shape != (4, 4):
+        raise VolumeError(path, f"'affine' must be 4x4, got shape {affine.shape}")
+    return Volume(array, affine, "numpy")
+
+
+_TIFF_AXES = {"Z": "Z", "Q": "Z", "I": "Z", "T": "Z", "Y": "Y", "X": "X", "C": "C", "S": "C"}
+
+
+def _load_tiff(path: Path) -> Volume:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        data = series.asarray()
+        axes = series.axes
+        shaped = tif.shaped_metadata[0] if tif.shaped_metadata else {}
+        imagej = tif.imagej_metadata or {}
+        page = tif.pages.first
+        xres = page.tags.get("XResolution")
+        yres = page.tags.get("YResolution")
+    mapped = [_TIFF_AXES.get(a, "?") for a in axes]
+    for i in reversed(range(len(mapped))):  # drop singleton axes we cannot place
+        if data.shape[i] == 1 and (mapped[i] == "?" or mapped.count(mapped[i]) > 1):
+            data = data.squeeze(i)
+            del mapped[i]
+    if "?" in mapped or len(set(mapped)) != len(mapped) or not {"Y", "X"} <= set(mapped):
+        raise VolumeError(path, f"TIFF axes {axes!r} with shape {data.shape} are not a 3-D stack")
+    order = [mapped.index(a) for a in "ZYXC" if a in mapped]
+    data = np.transpose(data, order)
+    if "affine" in shaped:
+        affine = np.asarray(shaped["affine"], dtype=np.float64)
+    else:
+
+        def res(tag: Any) -> float:
+            if tag is None:
+                return 1.0
+            num, den = tag.value
+            return den / num if num else 1.0
+
+        dz = float(imagej.get("spacing", 1.0))
+        affine = spacing_affine((dz, res(yres), res(xres)))
+    return Volume(data, affine, "tiff", meta={"axes": axes})
+
+
+def _read_dicom_headers(files: Iterable[Path]) -> list[tuple[Path, Any]]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    out = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f)
+        except InvalidDicomError:
+            continue  # not a DICOM file (a README, a DICOMDIR index...)
+        except Exception as err:
+            raise VolumeError(f, f"corrupt or truncated DICOM file ({err})") from err
+        if "PixelData" in ds:
+            out.append((f, ds))
+    return out
+
+
+def _load_dicom(files: list[Path], series_uid: str | None, where: Any) -> Volume:
+    for f in files:
+        if not f.exists():
+            raise VolumeError(f, "no such file or directory")
+    datasets = _read_dicom_headers(files)
+    if not datasets:
+        raise VolumeError(where, "contains no DICOM image files (empty DICOM folder?)")
+    series: dict[str, list[tuple[Path, Any]]] = {}
+    for f, ds in datasets:
+        series.setdefault(str(getattr(ds, "SeriesInstanceUID", "unknown")), []).append((f, ds))
+    if series_uid is not None:
+        if series_uid not in series:
+            raise VolumeError(where, f"has no series {series_uid!r}; it has {sorted(series)}")
+        chosen = series[series_uid]
+    elif len(series) > 1:
+        listing = "; ".join(
+            f"{uid} ({getattr(items[0][1], 'SeriesDescription', '') or 'no description'}, {len(items)} files)"
+            for uid, items in series.items()
+        )
+        raise VolumeError(
+            where,
+            f"mixes {len(series)} DICOM series: {listing}. Pick one with load_volume(path, series_uid=...)",
+        )
+    else:
+        chosen = next(iter(series.values()))
+    if len(chosen) < 2:
+        raise VolumeError(where, "holds a single slice: 2-D data, a 3-D volume is needed")
+
+    try:
+        iop = np.array(chosen[0][1].ImageOrientationPatient, dtype=np.float64)
+        row_cos, col_cos = iop[:3], iop[3:]
+        normal = np.cross(row_cos, col_cos)
+        positions = np.array([ds.ImagePositionPatient for _, ds in chosen], dtype=np.float64)
+        row_spacing, col_spacing = (float(v) for v in chosen[0][1].PixelSpacing)
+    except AttributeError as err:
+        raise VolumeError(where, f"DICOM series lacks geometry ({err})") from err
+    proj = positions @ normal
+    order = np.argsort(proj, kind="stable")
+    proj, positions = proj[order], positions[order]
+    chosen = [chosen[i] for i in order]
+    gaps = np.diff(proj)
+    if np.any(np.abs(gaps) < 1e-4):
+        i = int(np.argmin(np.abs(gaps)))
+        raise VolumeError(
+            where,
+            f"duplicated slice position {proj[i]:.4f} mm in {chosen[i][0].name} and {chosen[i + 1][0].name}",
+        )
+    if np.ptp(gaps) > 0.01 * np.median(gaps):
+        warnings.warn(
+            f"{where}: uneven slice spacing ({gaps.min():.4g} to {gaps.max():.4g} mm); "
+            "the affine uses the mean spacing",
+            stacklevel=3,
+        )
+    slices = []
+    for f, ds in chosen:
+        try:
+            pixels = ds.pixel_array
+        except Exception as err:
+            raise VolumeError(f, f"cannot decode pixel data ({err})") from err
+        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+        intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+        if slope != 1 or intercept != 0:
+            pixels = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        slices.append(pixels)
+    array = np.stack(slices)
+    lps = np.eye(4)
+    lps[:3, 0] = row_cos * col_spacing
+    lps[:3, 1] = col_cos * row_spacing
+    lps[:3, 2] = (positions[-1] - positions[0]) / (len(positions) - 1)
+    lps[:3, 3] = positions[0]
+    meta = {"series_uid": str(getattr(chosen[0][1], "SeriesInstanceUID", ""))}
+    return Volume(array, LPS_TO_RAS @ lps, "dicom", path=str(where), meta=meta)
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def _atomic_target(path: Path) -> Path:
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def save_volume(
+    path: str | os.PathLike[str],
+    array: np.ndarray,
+    like: Volume | None = None,
+    affine: np.ndarray | None = None,
+) -> Path:
+    """Write ``array`` (Z, Y, X[, C]) with the geometry of ``like`` (or ``affine``).
+
+    The extension picks the format: ``.nii``/``.nii.gz`` (affine and form codes),
+    ``.npz`` (array and affine), ``.tif``/``.tiff`` (affine in the JSON
+    description, spacing in the resolution tags), or ``.npy`` (the array only: it
+    warns if a non-identity geometry would be lost). The dtype is kept. The file is
+    written under a temporary name in the same folder and renamed into place.
+    Returns the path written.
+    """
+    path = Path(path)
+    array = np.asarray(array)
+    _require_3d(array, path)
+    if affine is None:
+        affine = like.affine if like is not None else np.eye(4)
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise VolumeError(path, f"affine must be 4x4, got shape {affine.shape}")
+    if like is not None and like.array.shape[:3] != array.shape[:3]:
+        raise VolumeError(
+            path, f"array shape {array.shape[:3]} differs from the reference's {like.array.shape[:3]}"
+        )
+    suffix = _suffix(path)
+    if suffix not in (*NIFTI_SUFFIXES, *NUMPY_SUFFIXES, *TIFF_SUFFIXES):
+        raise VolumeError(path, f"unsupported extension {suffix!r} for saving")
+    if not path.parent.is_dir():
+        raise VolumeError(path, f"folder {path.parent} does not exist")
+    tmp = _atomic_target(path)
+    try:
+        if suffix in NIFTI_SUFFIXES:
+            _save_nifti(tmp, array, affine, like)
+        elif suffix == ".npz":
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, array=array, affine=affine)
+        elif suffix == ".npy":
+            if not np.allclose(affine, np.eye(4)):
+                warnings.warn(
+                    f"{path}: .npy keeps no geometry; save as .npz or .nii.gz to keep the affine",
+                    stacklevel=2,
+                )
+            with open(tmp, "wb") as f:
+                np.save(f, array, allow_pickle=False)
+        else:
+            _save_tiff(tmp, array, affine)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _save_nifti(tmp: Path, array: np.ndarray, affine: np.ndarray, like: Volume | None) -> None:
+    import nibabel as nib
+
+    data = np.swapaxes(array, 0, 2)
+    img = nib.Nifti1Image(data, affine)
+    meta = like.meta if like is not None else {}
+    img.set_qform(affine, code=int(meta.get("qform_code") or 1))
+    img.set_sform(affine, code=int(meta.get("sform_code") or 1))
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(tmp))
+
+
+def _save_tiff(tmp: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    import tifffile
+
+    dx, dy, _ = np.linalg.norm(affine[:3, :3], axis=0)
+    tifffile.imwrite(
+        tmp,
+        array,
+        photometric="minisblack",
+        planarconfig="contig" if array.ndim == 4 else None,
+        resolution=(1.0 / dx, 1.0 / dy),
+        metadata={"axes": "ZYXC"[: array.ndim], "affine": affine.tolist()},
+    )
+
+
+# ------------------------------------------------------------------- validation
+
+
+def check_image(image: np.ndarray, path: Any = "image") -> np.ndarray:
+    """Raise VolumeError if ``image`` is not 3-D (plus channels) or holds NaN/Inf."""
+    image = np.asarray(image)
+    _require_3d(image, path)
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        n = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+        raise VolumeError(path, f"image contains {n} NaN or Inf values")
+    return image
+
+
+def check_labels(labels: np.ndarray, n_classes: int | None = None, path: Any = "labels") -> np.ndarray:
+    """Return ``labels`` as a 3-D integer array, or raise VolumeError.
+
+    Non-integer values, negative values and values >= ``n_classes`` are refused.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise VolumeError(path, f"labels must be 3-D (Z, Y, X), got shape {labels.shape}")
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        if not np.issubdtype(labels.dtype, np.number) or not np.all(np.isfinite(labels)):
+            raise VolumeError(path, "labels must be finite integers")
+        if np.any(labels != np.round(labels)):
+            raise VolumeError(path, "labels hold non-integer values; expected class indices")
+        labels = labels.astype(np.int64)
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0:
+        raise VolumeError(path, f"labels hold negative values (min {lo}); expected 0..n_classes-1")
+    if n_classes is not None and hi >= n_classes:
+        raise VolumeError(path, f"labels hold value {hi} >= n_classes={n_classes}; remap them first")
+    return labels.astype(np.uint8) if hi < 256 else labels
+
+
+def load_pair(
+    image_path: str | os.PathLike[str],
+    labels_path: str | os.PathLike[str],
+    n_classes: int | None = None,
+) -> tuple[Volume, np.ndarray]:
+    """Load an image and its label map, checking that they fit together.
+
+    Returns ``(image_volume, labels)`` with ``labels`` uint8 (Z, Y, X).
+    """
+    image = load_volume(image_path)
+    check_image(image.array, image_path)
+    labels = load_volume(labels_path)
+    if image.array.shape[:3] != labels.array.shape[:3]:
+        raise VolumeError(
+            labels_path,
+            f"label shape {labels.array.shape} does not match image shape {image.array.shape} "
+            f"of {image_path}",
+        )
+    return image, check_labels(labels.array, n_classes, labels_path)
+
+
+def write_dicom_series(
+    folder: str | os.PathLike[str],
+    array: np.ndarray,
+    affine: np.ndarray,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    series_uid: str | None = None,
+    description: str = "course demo",
+) -> list[Path]:
+    """Write ``array`` (Z, Y, X) as a minimal uncompressed CT DICOM series, one file per slice.
+
+    A teaching and testing utility (real scanners write far richer headers).
+    Stored values are ``round((array - intercept) / slope)`` as int16. The affine
+    must map (x, y, z) to RAS+ mm with in-plane axes orthogonal. Files are named
+    by a random UID, not by slice order, as on many PACS exports.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = np.linalg.inv(LPS_TO_RAS) @ np.asarray(affine, dtype=np.float64)
+    col_spacing, row_spacing = np.linalg.norm(lps[:3, :2], axis=0)
+    row_cos, col_cos = lps[:3, 0] / col_spacing, lps[:3, 1] / row_spacing
+    stored = np.round((np.asarray(array, np.float64) - intercept) / slope).astype(np.int16)
+    series_uid = series_uid or generate_uid()
+    study_uid = generate_uid()
+    paths = []
+    for k, plane in enumerate(stored):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesDescription = description
+        ds.Modality = "CT"
+        ds.InstanceNumber = len(stored) - k  # deliberately not the spatial order
+        ds.ImageOrientationPatient = [float(v) for v in (*row_cos, *col_cos)]
+        ds.ImagePositionPatient = [float(v) for v in lps[:3, :3] @ [0, 0, k] + lps[:3, 3]]
+        ds.PixelSpacing = [float(row_spacing), float(col_spacing)]
+        ds.SliceThickness = float(np.linalg.norm(lps[:3, 2]))
+        ds.RescaleSlope = slope
+        ds.RescaleIntercept = intercept
+        ds.Rows, ds.Columns = plane.shape
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1
+        ds.PixelData = np.ascontiguousarray(plane).tobytes()
+        target = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(target, enforce_file_format=True)
+        paths.append(target)
+    return paths
