@@ -517,3 +517,18 @@ def write_dicom_series(
         ds.save_as(target, enforce_file_format=True)
         paths.append(target)
     return paths
+
+
+def crop_affine(affine: np.ndarray, region: Sequence[slice]) -> np.ndarray:
+    """Affine of ``array[region]`` (slices in (Z, Y, X) order, steps of 1) given the full array's.
+
+    Use it when saving a sub-volume, such as the held-out slab, so it still overlays the scan.
+    """
+    offset = [0, 0, 0]
+    for axis, s in enumerate(region[:3]):
+        if s.step not in (None, 1):
+            raise ValueError(f"crop_affine needs unit steps, got {s} on axis {axis}")
+        offset[axis] = s.start or 0
+    shift = np.eye(4)
+    shift[:3, 3] = [offset[2], offset[1], offset[0]]  # (z, y, x) -> (x, y, z)
+    return np.asarray(affine, dtype=np.float64) @ shift

@@ -163,7 +163,11 @@ def augment_patch(
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
-    """Save the model whenever ``monitor`` improves, through a temporary file and a rename."""
+    """Save the model whenever ``monitor`` improves, through a temporary file and a rename.
+
+    The file holds architecture and weights without the optimizer state (a third
+    of the size): it is for inference; ``BackupAndRestore`` handles resuming.
+    """
 
     def __init__(
         self,
@@ -175,6 +179,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.path, self.monitor, self.sign = Path(path), monitor, 1.0 if mode == "max" else -1.0
         self.best = best
+        self._export: keras.Model | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         value = (logs or {}).get(self.monitor)
@@ -182,12 +187,15 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             return
         if self.best is None or self.sign * (value - self.best) > 0:
             self.best = float(value)
+            if self._export is None:
+                self._export = keras.models.clone_model(self.model)
+            self._export.set_weights(self.model.get_weights())
             fd, tmp = tempfile.mkstemp(
                 prefix=f".{self.path.stem}.", suffix=".partial.keras", dir=self.path.parent
             )
             os.close(fd)
             try:
-                self.model.save(tmp)
+                self._export.save(tmp)
                 os.replace(tmp, self.path)
             finally:
                 if os.path.exists(tmp):
@@ -282,3 +290,23 @@ def train(
     model.fit(train_data, validation_data=val_data, epochs=epochs, callbacks=cbs, verbose=verbose)
     done_path.write_text(json.dumps({"epochs": epochs}))
     return read_log(log_path)
+
+
+class SimulatedInterruption(RuntimeError):
+    """Raised by :class:`InterruptAfterEpoch` to mimic a crash or a killed kernel."""
+
+
+class InterruptAfterEpoch(keras.callbacks.Callback):
+    """Stop training abruptly after ``epoch`` (1-based) has finished and been backed up.
+
+    For teaching and testing resume: put it after BackupAndRestore (``train``
+    appends user callbacks last).
+    """
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.stop_after = epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if epoch + 1 == self.stop_after:
+            raise SimulatedInterruption(f"simulated interruption after epoch {self.stop_after}")

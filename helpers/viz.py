@@ -1,0 +1,315 @@
+"""Figures and the interactive slice viewer.
+
+Plotting functions return a matplotlib Figure; :class:`SliceViewer` is an
+ipywidgets app with a slider per axis, an overlay opacity slider and a class
+legend. Volumes are (Z, Y, X) as everywhere in :mod:`helpers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch, Rectangle
+
+from helpers.patches import Window
+
+CLASS_COLOURS = ["#00000000", "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4"]
+AXES = ("z", "y", "x")
+VIEW_NAMES = {"z": "axial (z)", "y": "coronal (y)", "x": "sagittal (x)"}
+
+
+def label_cmap(n_classes: int) -> ListedColormap:
+    """Colours for label overlays; class 0 is transparent."""
+    colours = (CLASS_COLOURS * (n_classes // len(CLASS_COLOURS) + 1))[:n_classes]
+    return ListedColormap(colours)
+
+
+def take_slice(volume: np.ndarray, axis: str | int, index: int) -> np.ndarray:
+    """The 2-D slice ``index`` across ``axis`` ("z", "y", "x" or 0, 1, 2) of a (Z, Y, X) volume."""
+    ax = AXES.index(axis) if isinstance(axis, str) else int(axis)
+    return np.take(volume, int(index), axis=ax)
+
+
+def legend_handles(class_names: Sequence[str]) -> list[Patch]:
+    cmap = label_cmap(len(class_names))
+    return [Patch(color=cmap(i), label=n) for i, n in enumerate(class_names) if i > 0]
+
+
+def show_orthogonal(
+    image: np.ndarray,
+    labels: np.ndarray | None = None,
+    index: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    alpha: float = 0.4,
+    title: str = "",
+) -> plt.Figure:
+    """Three orthogonal slices through ``index`` (default: the centre), labels overlaid."""
+    index = index or [s // 2 for s in image.shape[:3]]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    n_classes = int(labels.max()) + 1 if labels is not None else 0
+    for ax, axis, i in zip(axes, AXES, index, strict=True):
+        ax.imshow(take_slice(image, axis, i), cmap="gray")
+        if labels is not None:
+            ax.imshow(
+                take_slice(labels, axis, i),
+                cmap=label_cmap(n_classes),
+                alpha=alpha,
+                vmin=0,
+                vmax=max(n_classes - 1, 1),
+                interpolation="nearest",
+            )
+        ax.set_title(f"{VIEW_NAMES[axis]} = {i}")
+        ax.axis("off")
+    if labels is not None and class_names:
+        fig.legend(handles=legend_handles(class_names), loc="lower center", ncol=len(class_names))
+    fig.suptitle(title)
+    return fig
+
+
+def plot_histogram(
+    image: np.ndarray,
+    labels: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+    bins: int = 128,
+    thresholds: Sequence[float] = (),
+) -> plt.Figure:
+    """Intensity histogram, split by class when ``labels`` is given; thresholds as lines."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    lo, hi = np.percentile(image, [0.1, 99.9])
+    edges = np.linspace(lo, hi, bins + 1)
+    if labels is None:
+        ax.hist(image.ravel(), bins=edges, color="gray")
+    else:
+        cmap = label_cmap(int(labels.max()) + 1)
+        for c in range(int(labels.max()) + 1):
+            name = class_names[c] if class_names else str(c)
+            colour = "black" if c == 0 else cmap(c)
+            ax.hist(image[labels == c], bins=edges, histtype="step", label=name, color=colour)
+        ax.legend()
+    for t in thresholds:
+        ax.axvline(t, color="k", linestyle="--", linewidth=1)
+    ax.set_xlabel("intensity")
+    ax.set_ylabel("voxels")
+    ax.set_yscale("log")
+    return fig
+
+
+def plot_history(history: Mapping[str, Sequence[float]], metric: str = "mean_iou") -> plt.Figure:
+    """Training curves: loss and ``metric``, training against validation, per epoch."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    for ax, key in zip(axes, ("loss", metric), strict=True):
+        if key in history:
+            ax.plot(epochs, history[key], "o-", label="training")
+        if f"val_{key}" in history:
+            ax.plot(epochs, history[f"val_{key}"], "s-", label="validation (held-out slab)")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def draw_window_grid(
+    shape: Sequence[int], windows: Sequence[Window], axis: int = 0, ax: plt.Axes | None = None
+) -> plt.Figure:
+    """Draw the windows' footprints on a slice across ``axis`` of a volume of ``shape``."""
+    keep = [a for a in range(3) if a != axis]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 5))
+    seen = set()
+    colours = plt.cm.tab10(np.linspace(0, 1, 10))
+    for w in windows:
+        rect = (w[keep[1]].start, w[keep[0]].start, w[keep[1]].stop, w[keep[0]].stop)
+        if rect in seen:
+            continue
+        seen.add(rect)
+        ax.add_patch(
+            Rectangle(
+                rect[:2],
+                rect[2] - rect[0],
+                rect[3] - rect[1],
+                fill=False,
+                lw=1.5,
+                color=colours[len(seen) % 10],
+            )
+        )
+    ax.add_patch(Rectangle((0, 0), shape[keep[1]], shape[keep[0]], fill=False, lw=3, color="k"))
+    ax.set_xlim(-2, max(shape[keep[1]], max(w[keep[1]].stop for w in windows)) + 2)
+    ax.set_ylim(max(shape[keep[0]], max(w[keep[0]].stop for w in windows)) + 2, -2)
+    ax.set_aspect("equal")
+    ax.set_xlabel(AXES[keep[1]])
+    ax.set_ylabel(AXES[keep[0]])
+    ax.set_title(f"{len(seen)} window footprints on a {AXES[axis]} slice")
+    return ax.figure
+
+
+def plot_seam_error(
+    distance: np.ndarray, curves: Mapping[str, np.ndarray], max_distance: int | None = None
+) -> plt.Figure:
+    """Error rate against distance to the nearest window border, one line per method."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for name, err in curves.items():
+        ax.plot(distance[: len(err)], err, "o-", label=name)
+    ax.set_xlabel("distance to nearest window border (voxels)")
+    ax.set_ylabel("voxel error rate")
+    if max_distance:
+        ax.set_xlim(-0.5, max_distance + 0.5)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_confusion(cm: np.ndarray, class_names: Sequence[str]) -> plt.Figure:
+    """Row-normalised confusion matrix (rows: truth) with counts in the cells."""
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(cm)):
+        for j in range(len(cm)):
+            ax.text(
+                j,
+                i,
+                f"{norm[i, j]:.2f}",
+                ha="center",
+                va="center",
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
+    ax.set_xticks(range(len(cm)), class_names, rotation=30)
+    ax.set_yticks(range(len(cm)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    return fig
+
+
+def savefig(fig: plt.Figure, name: str, output_dir: str | Path) -> Path:
+    """Save ``fig`` as ``<output_dir>/figures/<name>.png`` and return the path."""
+    folder = Path(output_dir) / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    return path
+
+
+class SliceViewer:
+    """Interactive viewer: grey image plus label panels, a slider per axis, opacity, legend.
+
+    Parameters
+    ----------
+    image : (Z, Y, X) array
+    overlays : mapping of panel title -> (Z, Y, X) label array
+        Each gets a panel with the image underneath (e.g. truth, prediction, error).
+    class_names : sequence of str
+    axis : "z", "y" or "x"
+        The slicing axis shown first; the ``axis`` dropdown changes it.
+
+    Use ``viewer.widget`` in a notebook. ``viewer.sliders[axis].value = i`` moves
+    it from code; ``viewer.artists`` are the displayed images.
+    """
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        overlays: Mapping[str, np.ndarray] | None = None,
+        class_names: Sequence[str] | None = None,
+        axis: str = "z",
+    ) -> None:
+        import ipywidgets as w
+
+        self.image = image
+        self.overlays = dict(overlays or {})
+        for name, lab in self.overlays.items():
+            if lab.shape != image.shape[:3]:
+                raise ValueError(f"overlay {name!r} has shape {lab.shape}, image {image.shape[:3]}")
+        n = max([int(v.max()) + 1 for v in self.overlays.values()] + [len(class_names or ())] + [2])
+        self.class_names = list(class_names or [str(c) for c in range(n)])
+        self.cmap = label_cmap(n)
+        self.n_classes = n
+        self.axis = w.Dropdown(options=list(AXES), value=axis, description="axis")
+        self.sliders = {
+            a: w.IntSlider(value=s // 2, min=0, max=s - 1, description=a, continuous_update=False)
+            for a, s in zip(AXES, image.shape[:3], strict=True)
+        }
+        self.opacity = w.FloatSlider(value=0.45, min=0, max=1, step=0.05, description="opacity")
+        self.out = w.Output()
+        panels = 1 + len(self.overlays)
+        with plt.ioff():
+            self.fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4.2), squeeze=False)
+        self.axes = list(axes[0])
+        self.artists: list[Any] = []
+        self._draw_static()
+        for control in (self.axis, self.opacity, *self.sliders.values()):
+            control.observe(self._on_change, names="value")
+        legend = w.HTML(
+            " ".join(
+                f'<span style="background:{matplotlib.colors.to_hex(self.cmap(i))};padding:0 8px">'
+                f"&nbsp;</span> {name}"
+                for i, name in enumerate(self.class_names)
+                if i > 0
+            )
+        )
+        self.widget = w.VBox(
+            [w.HBox([self.axis, self.opacity]), w.HBox(list(self.sliders.values())), legend, self.out]
+        )
+        self._render()
+
+    def _slices(self) -> list[np.ndarray]:
+        a = self.axis.value
+        i = self.sliders[a].value
+        return [take_slice(self.image, a, i)] + [take_slice(v, a, i) for v in self.overlays.values()]
+
+    def _draw_static(self) -> None:
+        slices = self._slices()
+        vmin, vmax = np.percentile(self.image, [1, 99])
+        self.artists = []
+        for k, ax in enumerate(self.axes):
+            ax.clear()
+            ax.axis("off")
+            self.artists.append(ax.imshow(slices[0], cmap="gray", vmin=vmin, vmax=vmax))
+            if k:
+                self.artists.append(
+                    ax.imshow(
+                        slices[k],
+                        cmap=self.cmap,
+                        vmin=0,
+                        vmax=self.n_classes - 1,
+                        alpha=self.opacity.value,
+                        interpolation="nearest",
+                    )
+                )
+        titles = ["image", *self.overlays]
+        for ax, title in zip(self.axes, titles, strict=True):
+            ax.set_title(title)
+
+    def _on_change(self, change: Mapping[str, Any]) -> None:
+        if change.get("owner") is self.axis:
+            self._draw_static()
+        else:
+            self.update()
+        self._render()
+
+    def update(self) -> None:
+        """Refresh the displayed slices and opacity from the controls."""
+        slices = self._slices()
+        it = iter(self.artists)
+        for k, _ in enumerate(self.axes):
+            next(it).set_data(slices[0])
+            if k:
+                overlay = next(it)
+                overlay.set_data(slices[k])
+                overlay.set_alpha(self.opacity.value)
+        a = self.axis.value
+        self.fig.suptitle(f"{VIEW_NAMES[a]} = {self.sliders[a].value}")
+
+    def _render(self) -> None:
+        from IPython.display import display
+
+        self.out.clear_output(wait=True)
+        with self.out:
+            display(self.fig)

@@ -1,0 +1,70 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers.config import PROFILES, ProfileError, get_params, resolve_profile_name
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_full_profile_is_the_mission():
+    full = PROFILES["full"]
+    assert (full["patch_size"], full["batch_size"], full["epochs"]) == (64, 8, 100)
+
+
+def test_quick_is_smaller_than_cpu_smaller_than_full():
+    steps = {n: p["epochs"] * p["steps_per_epoch"] * p["batch_size"] for n, p in PROFILES.items()}
+    assert steps["quick"] < steps["cpu"] < steps["full"]
+    assert PROFILES["quick"]["epochs"] <= 2
+
+
+def test_explicit_parameter_overrides_profile_and_none_does_not():
+    p = get_params("quick", "brain", epochs=7, batch_size=None, output_dir="/tmp/x")
+    assert p["epochs"] == 7
+    assert p["batch_size"] == PROFILES["quick"]["batch_size"]
+    assert p["dataset"] == "brain" and p["profile"] == "quick"
+    assert p["run_dir"] == "/tmp/x/runs/brain-quick"
+
+
+def test_auto_resolves_to_a_real_profile():
+    assert resolve_profile_name("auto") in ("cpu", "full")
+
+
+@pytest.mark.parametrize("bad", ["nonsense", "Quick", ""])
+def test_unknown_profile_lists_the_valid_ones(bad):
+    with pytest.raises(ProfileError, match="valid profiles: quick, cpu, full, auto"):
+        get_params(bad)
+
+
+def test_unknown_dataset_and_parameter_are_refused():
+    with pytest.raises(ProfileError, match="dataset"):
+        get_params("quick", "lung")
+    with pytest.raises(ProfileError, match="epoch"):
+        get_params("quick", epoch=3)
+
+
+def test_make_run_with_bad_profile_fails_at_once():
+    out = subprocess.run(
+        ["make", "-s", "check-profile", "PROFILE=nonsense"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "quick, cpu, full, auto" in out.stderr
+
+
+def test_runner_rejects_bad_profile_before_running_anything(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "helpers.runner", "--profile", "nonsense", "--output-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "valid profiles" in out.stderr
+    assert not any(tmp_path.iterdir())

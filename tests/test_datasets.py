@@ -1,0 +1,98 @@
+"""Embedded datasets, the honest split, and the multi-Otsu baseline."""
+
+import numpy as np
+import pytest
+
+from helpers.datasets import (
+    BRAIN_CLASSES,
+    SANDSTONE_CLASSES,
+    load_brain_mri,
+    load_dataset,
+    make_sandstone,
+    spatial_split,
+)
+from helpers.experiment import evaluate, multiotsu_baseline
+from helpers.training import PatchSampler
+
+
+@pytest.fixture(scope="module")
+def sandstone():
+    return make_sandstone((96, 96, 96), seed=0)
+
+
+def test_sandstone_types_and_phases(sandstone):
+    image, labels = sandstone
+    assert image.dtype == np.float32 and labels.dtype == np.uint8
+    assert image.shape == labels.shape == (96, 96, 96)
+    fractions = np.bincount(labels.ravel(), minlength=4) / labels.size
+    assert len(fractions) == len(SANDSTONE_CLASSES) == 4
+    assert fractions[2] > 0.3 and fractions[0] > 0.15  # quartz grains, pores
+    assert 0.02 < fractions[1] < 0.3 and 0.002 < fractions[3] < 0.06  # clay, pyrite
+    means = [image[labels == c].mean() for c in range(4)]
+    assert means == sorted(means)  # pore < clay < quartz < pyrite
+
+
+def test_sandstone_is_deterministic_and_seeded():
+    a = make_sandstone((40, 48, 56), seed=3)
+    b = make_sandstone((40, 48, 56), seed=3)
+    c = make_sandstone((40, 48, 56), seed=4)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+
+
+def test_sandstone_is_hard_for_multiotsu(sandstone):
+    image, labels = sandstone
+    _, held = spatial_split(image.shape, 0.25, 0)
+    score = evaluate(labels[held], multiotsu_baseline(image[held], 4), SANDSTONE_CLASSES)
+    assert score["mean_iou"] < 0.85
+    assert score["mean_iou"] > 0.1  # but it is not noise either
+
+
+def test_brain_is_the_real_mni152_template():
+    vol, labels = load_brain_mri()
+    assert vol.array.shape == labels.shape == (189, 233, 197)  # (z, y, x) of 197 x 233 x 189
+    assert np.allclose(vol.spacing, (1.0, 1.0, 1.0))
+    assert vol.array.dtype == np.float32 and labels.dtype == np.uint8
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert np.allclose(vol.affine[:3, 3], [-98, -134, -72])
+    wm, gm = vol.array[labels == 2].mean(), vol.array[labels == 1].mean()
+    assert wm > gm  # T1: white matter is brighter than grey matter
+
+
+def test_brain_zoom_scales_geometry():
+    vol, labels = load_brain_mri(zoom=0.5)
+    assert vol.array.shape == labels.shape == (94, 116, 98)
+    assert np.allclose(vol.spacing, (2.0, 2.0, 2.0))
+    assert load_dataset("brain", brain_zoom=0.5).class_names == BRAIN_CLASSES
+
+
+@pytest.mark.parametrize(("shape", "fraction", "axis"), [((100, 20, 30), 0.25, 0), ((10, 20, 31), 0.4, 2)])
+def test_spatial_split_is_disjoint_and_complete(shape, fraction, axis):
+    train, held = spatial_split(shape, fraction, axis)
+    mark = np.zeros(shape, np.int8)
+    mark[train] += 1
+    mark[held] += 2
+    assert set(np.unique(mark)) == {1, 2}
+    n = shape[axis]
+    assert mark.take(range(n - round(n * fraction), n), axis=axis).min() == 2
+
+
+def test_spatial_split_rejects_bad_fraction():
+    with pytest.raises(ValueError, match="fraction"):
+        spatial_split((10, 10, 10), 1.0, 0)
+
+
+def test_patches_never_straddle_the_split():
+    shape = (96, 40, 40)
+    z = np.broadcast_to(np.arange(96, dtype=np.float32)[:, None, None], shape)
+    labels = np.ones(shape, np.uint8)
+    train, held = spatial_split(shape, 0.25, 0)
+    sampler = PatchSampler(z[train], labels[train], 32, 4, 20, n_classes=2, seed=0)
+    for i in range(len(sampler)):
+        x, _ = sampler.sample(i)
+        assert x.max() < 72  # no voxel from the held-out slab (z >= 72)
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="dataset"):
+        load_dataset("lung")

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from helpers.metrics import confusion_matrix, dice_per_class, iou_per_class, mean_dice, mean_iou
+from helpers.preprocessing import normalize, one_hot, percentile_clip, remap_labels, zscore
+
+
+def test_perfect_prediction():
+    t = np.array([0, 1, 2, 2, 1])
+    assert np.allclose(iou_per_class(t, t, 3), 1) and mean_iou(t, t, 3) == 1
+    assert np.allclose(dice_per_class(t, t, 3), 1)
+
+
+def test_disjoint_masks_score_zero():
+    t = np.array([1, 1, 0, 0])
+    p = np.array([0, 0, 1, 1])
+    assert np.allclose(iou_per_class(t, p, 2), 0) and mean_dice(t, p, 2) == 0
+
+
+def test_hand_computed_case():
+    t = np.array([0, 0, 1, 1, 1, 2])
+    p = np.array([0, 1, 1, 1, 2, 2])
+    cm = confusion_matrix(t, p, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 1], [0, 0, 1]]
+    np.testing.assert_allclose(iou_per_class(t, p, 3), [1 / 2, 2 / 4, 1 / 2])
+    np.testing.assert_allclose(dice_per_class(t, p, 3), [2 / 3, 4 / 6, 2 / 3])
+
+
+def test_class_absent_from_truth_and_prediction_is_nan_and_ignored():
+    t = np.array([0, 0, 1, 1])
+    iou = iou_per_class(t, t, 4)
+    assert np.isnan(iou[2]) and np.isnan(iou[3])
+    assert mean_iou(t, t, 4) == 1.0
+
+
+def test_class_in_prediction_only_scores_zero():
+    t = np.array([0, 0, 0, 1])
+    p = np.array([0, 0, 2, 1])
+    assert iou_per_class(t, p, 3)[2] == 0.0
+    assert mean_iou(t, p, 3) == pytest.approx((2 / 3 + 1 + 0) / 3)
+
+
+def test_metric_input_errors():
+    with pytest.raises(ValueError, match="shape"):
+        mean_iou(np.zeros(3, int), np.zeros(4, int), 2)
+    with pytest.raises(ValueError, match="outside"):
+        mean_iou(np.array([0, 5]), np.array([0, 1]), 2)
+
+
+def test_normalize_and_zscore(rng):
+    x = rng.normal(50, 10, (20, 20, 20)).astype(np.float32)
+    x[0, 0, 0] = 1e6
+    n = normalize(x)
+    assert n.dtype == np.float32 and abs(n.mean()) < 1e-3 and abs(n.std() - 1) < 1e-3
+    assert n.max() < 10
+    assert percentile_clip(x).max() < 1e6
+    masked = zscore(x, mask=x < 1e5)
+    assert abs(masked[x < 1e5].mean()) < 1e-3
+
+
+def test_remap_labels_and_one_hot():
+    lab = np.array([[[1, 2], [3, 4]]])
+    out = remap_labels(lab, {1: 0, 2: 1, 3: 2, 4: 3})
+    assert out.tolist() == [[[0, 1], [2, 3]]] and out.dtype == np.uint8
+    with pytest.raises(ValueError, match=r"\[4\]"):
+        remap_labels(lab, {1: 0, 2: 1, 3: 2})
+    oh = one_hot(out, 4)
+    assert oh.shape == (1, 2, 2, 4) and oh.dtype == np.float32 and np.all(oh.sum(-1) == 1)

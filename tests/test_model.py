@@ -1,0 +1,112 @@
+"""Issue 5: the U-Net, its head, losses, metrics, and safe loading."""
+
+import keras
+import numpy as np
+import pytest
+
+from helpers.inference import predict_volume
+from helpers.model import (
+    EncoderWeightsError,
+    SegmentationLoss,
+    build_unet,
+    count_parameters,
+    iou_metrics,
+    load_model,
+)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return build_unet(3, patch_size=32)
+
+
+def test_resnet18_unet_has_42_6_million_parameters():
+    model = build_unet(4)
+    assert model.input_shape == (None, 64, 64, 64, 1)
+    assert model.output_shape == (None, 64, 64, 64, 4)
+    assert abs(count_parameters(model) - 42.6e6) < 0.5e6
+
+
+def test_softmax_head_sums_to_one_and_sigmoid_for_binary(small_model):
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 32, 1)).astype(np.float32)
+    y = small_model.predict(x, verbose=0)
+    assert y.dtype == np.float32 and np.allclose(y.sum(-1), 1, atol=1e-4)
+    binary = build_unet(1, patch_size=32)
+    assert binary.layers[-1].get_config()["activation"] == "sigmoid"
+    yb = binary.predict(x[:1], verbose=0)
+    assert yb.shape == (1, 32, 32, 32, 1) and 0 <= yb.min() and yb.max() <= 1
+
+
+def test_output_head_is_float32_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_unet(4, patch_size=32)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.layers[-1].dtype_policy.compute_dtype == "float32"
+    assert model.output.dtype == "float32"
+    core = model.layers[-2]
+    assert core.output.dtype == "float16"  # the library's own last layer would be float16
+
+
+def test_batchnorm_momentum_is_set():
+    model = build_unet(2, patch_size=32, bn_momentum=0.8)
+    bns = [la for la in model.layers[-2].layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert bns and all(b.momentum == 0.8 for b in bns)
+
+
+def test_pretrained_weights_offline_fail_at_once_with_a_clear_message(monkeypatch):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://github.com/...: None -- [Errno -3] no network")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(EncoderWeightsError, match="encoder_weights=None"):
+        build_unet(4, patch_size=32, encoder_weights="imagenet")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_classes": 0}, "n_classes"),
+        ({"patch_size": 48}, "multiple of 32"),
+        ({"encoder_weights": "coco"}, "encoder_weights"),
+    ],
+)
+def test_build_errors(kwargs, match):
+    args = {"n_classes": 2, "patch_size": 32, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        build_unet(**args)
+
+
+@pytest.mark.parametrize("kind", ["dice", "ce", "focal", "dice+ce", "dice+focal"])
+def test_losses_prefer_the_right_answer(kind):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (2, 8, 8, 8))
+    y = np.eye(3, dtype=np.float32)[labels]
+    good = 0.9 * y + 0.1 / 3
+    bad = 0.9 * np.roll(y, 1, axis=-1) + 0.1 / 3
+    loss = SegmentationLoss(kind)
+    assert float(loss(y, good)) < float(loss(y, bad))
+
+
+def test_dice_loss_is_zero_for_perfect_prediction_and_unknown_loss_fails():
+    y = np.eye(2, dtype=np.float32)[np.random.default_rng(0).integers(0, 2, (1, 4, 4, 4))]
+    assert float(SegmentationLoss("dice")(y, y)) < 1e-4
+    assert float(SegmentationLoss("bce")(y[..., 1:], y[..., 1:])) < 1e-4
+    with pytest.raises(ValueError, match="loss must be one of"):
+        SegmentationLoss("hinge")
+
+
+def test_iou_metrics_names():
+    names = [m.name for m in iou_metrics(3, ("pore", "clay", "grey matter"))]
+    assert names == ["mean_iou", "iou_pore", "iou_clay", "iou_grey_matter"]
+
+
+def test_saved_model_loads_in_safe_mode_and_predicts_a_volume(tmp_path, small_model):
+    path = tmp_path / "m.keras"
+    small_model.save(path)
+    loaded = load_model(path)
+    v = np.random.default_rng(1).normal(size=(40, 33, 50)).astype(np.float32)
+    a = predict_volume(loaded, v, 32, 0.5, 2, output="labels", progress=False)
+    b = predict_volume(small_model, v, 32, 0.5, 2, output="labels", progress=False)
+    assert a.shape == v.shape and np.array_equal(a, b)

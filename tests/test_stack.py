@@ -1,0 +1,61 @@
+"""The pinned stack: the three --no-deps libraries import and work on Keras 3 / NumPy 2."""
+
+import re
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", line.strip())
+        if m:
+            pins[m.group(1).lower()] = m.group(2)
+    return pins
+
+
+def test_nodeps_libraries_are_installed_at_their_pins():
+    pins = _pins(ROOT / "requirements-nodeps.txt")
+    assert set(pins) == {"segmentation-models-3d", "classification-models-3d", "patchify"}
+    for name, pinned in pins.items():
+        assert version(name) == pinned
+
+
+def test_stack_is_the_new_one_the_pins_reject():
+    # segmentation-models-3D declares keras==3.3.3 and patchify numpy<2: both are overridden.
+    assert tuple(int(p) for p in version("keras").split(".")[:2]) >= (3, 12)
+    assert int(np.__version__.split(".")[0]) >= 2
+    assert version("tensorflow").startswith("2.21")
+
+
+def test_nodeps_step_lives_in_one_script():
+    script = (ROOT / "scripts" / "install-nodeps.sh").read_text()
+    assert "--no-deps" in script and "requirements-nodeps.txt" in script
+    for caller in ("Makefile", "binder/postBuild"):
+        text = (ROOT / caller).read_text()
+        assert "scripts/install-nodeps.sh" in text, caller
+        assert "segmentation-models-3D" not in text, f"{caller} repeats the pins"
+    main = _pins(ROOT / "requirements.txt")
+    assert not set(main) & set(_pins(ROOT / "requirements-nodeps.txt"))
+
+
+def test_patchify_runs_on_numpy_2():
+    import patchify
+
+    v = np.arange(64 * 64 * 64, dtype=np.float32).reshape(64, 64, 64)
+    p = patchify.patchify(v, (32, 32, 32), step=32)
+    assert p.shape == (2, 2, 2, 32, 32, 32)
+    assert np.array_equal(patchify.unpatchify(p, v.shape), v)
+
+
+def test_segmentation_models_3d_builds_resnet18_unet_offline():
+    import segmentation_models_3D as sm
+
+    model = sm.Unet("resnet18", input_shape=(64, 64, 64, 1), classes=4, encoder_weights=None)
+    n = model.count_params()
+    assert 42.1e6 < n < 43.1e6, n
+    assert model.output_shape == (None, 64, 64, 64, 4)
