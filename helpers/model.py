@@ -8,6 +8,7 @@ features (``tf.distribute``) live in :func:`distribution_strategy`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -58,11 +59,13 @@ def set_precision(mixed: bool | str = "auto") -> str:
     return name
 
 
+@functools.lru_cache(maxsize=1)
 def distribution_strategy() -> Any | None:
     """A ``tf.distribute.MirroredStrategy`` when TensorFlow sees more than one GPU, else None.
 
     TensorFlow-only. Build and compile the model inside :func:`strategy_scope`
     and feed batches of ``per-replica batch x strategy.num_replicas_in_sync``.
+    Cached: the model must be built and compiled under the same strategy object.
     """
     if keras.config.backend() != "tensorflow" or gpu_count() < 2:
         return None
