@@ -9,9 +9,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from helpers.training import one_hot
-
 __all__ = ["normalize", "percentile_clip", "remap_labels", "one_hot", "zscore"]
+
+
+def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """One-hot encode integer ``labels`` (any shape) to float32 (..., n_classes)."""
+    return np.eye(n_classes, dtype=np.float32)[labels]
 
 
 def percentile_clip(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 
 from helpers.model import SegmentationLoss, iou_metrics, strategy_scope
 from helpers.patches import as_patch_shape, check_volume, pad_to_patch
+from helpers.preprocessing import one_hot
 
 MAX_CANDIDATES = 2_000_000
 
@@ -140,11 +141,6 @@ class PatchSampler(keras.utils.PyDataset):
         if self.n_classes == 1:
             return x, (y > 0).astype(np.float32)[..., None]
         return x, one_hot(y, self.n_classes)
-
-
-def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """One-hot encode integer ``labels`` (any shape) to float32 (..., n_classes)."""
-    return np.eye(n_classes, dtype=np.float32)[labels]
 
 
 def augment_patch(

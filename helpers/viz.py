@@ -130,11 +130,12 @@ def draw_window_grid(
         if rect in seen:
             continue
         seen.add(rect)
+        inset = 0.6 * (len(seen) % 4)  # so that coinciding edges stay visible
         ax.add_patch(
             Rectangle(
-                rect[:2],
-                rect[2] - rect[0],
-                rect[3] - rect[1],
+                (rect[0] + inset, rect[1] + inset),
+                rect[2] - rect[0] - 2 * inset,
+                rect[3] - rect[1] - 2 * inset,
                 fill=False,
                 lw=1.5,
                 color=colours[len(seen) % 10],
