@@ -59,7 +59,12 @@ def _predict_fn(model: Any) -> Callable[[np.ndarray], np.ndarray]:
 
 
 class _SlabAccumulator:
-    """Rolling accumulator covering Z in [base, base + depth) of the output."""
+    """Weighted sums for Z in [base, base + depth), finalised slab by slab.
+
+    The summed weights always live in a rolling buffer one window deep. Class
+    scores go straight into the output array for ``"probabilities"`` (divided in
+    place once final), or into a rolling buffer for ``"labels"`` (argmaxed once final).
+    """
 
     def __init__(
         self,
@@ -70,42 +75,46 @@ class _SlabAccumulator:
         output: Output,
     ) -> None:
         self.shape, self.depth, self.base = shape, min(depth, shape[0]), 0
-        self.weights = weights
-        self.acc = np.zeros((self.depth, *shape[1:], n_classes), dtype=np.float32)
+        self.weights, self.output = weights, output
         self.wsum = None if weights is None else np.zeros((self.depth, *shape[1:]), np.float32)
-        self.tmp = np.empty((*weights.shape, n_classes), np.float32) if weights is not None else None
+        self.tmp = None if weights is None else np.empty((*weights.shape, n_classes), np.float32)
         if output == "labels":
             self.result = np.zeros(shape, dtype=np.uint8 if n_classes <= 256 else np.int32)
+            self.acc: np.ndarray | None = np.zeros((self.depth, *shape[1:], n_classes), np.float32)
         else:
             self.result = np.zeros((*shape, n_classes), dtype=np.float32)
-        self.output = output
+            self.acc = None
+
+    def _scores(self, z0: int, z1: int) -> np.ndarray:
+        """Accumulated class scores for absolute Z in [z0, z1)."""
+        if self.acc is None:
+            return self.result[z0:z1]
+        return self.acc[z0 - self.base : z1 - self.base]
 
     def add(self, pred: np.ndarray, window: tuple[slice, slice, slice]) -> None:
         if window[0].start > self.base:
             self.advance(window[0].start)
         inside, local = clip_window(window, self.shape)
-        rel = (slice(inside[0].start - self.base, inside[0].stop - self.base), *inside[1:])
+        scores = self._scores(inside[0].start, inside[0].stop)[(slice(None), *inside[1:])]
         if self.weights is None:
-            self.acc[rel] = pred[local]
+            scores[...] = pred[local]
             return
         w = self.weights[local]
         tmp = self.tmp[local]
         np.multiply(pred[local], w[..., None], out=tmp)
-        self.acc[rel] += tmp
-        self.wsum[rel] += w
+        scores += tmp
+        self.wsum[(slice(inside[0].start - self.base, inside[0].stop - self.base), *inside[1:])] += w
 
     def advance(self, new_base: int) -> None:
-        """Finalise Z in [base, new_base) and shift the buffer to start at ``new_base``."""
+        """Finalise Z in [base, new_base) and shift the rolling buffers to start at ``new_base``."""
         d = new_base - self.base
         self._finalise(d)
-        keep = self.depth - d
-        for i in range(keep):  # slice by slice: no buffer-sized temporary from overlap
-            self.acc[i] = self.acc[i + d]
-            if self.wsum is not None:
-                self.wsum[i] = self.wsum[i + d]
-        self.acc[keep:] = 0
-        if self.wsum is not None:
-            self.wsum[keep:] = 0
+        for buf in (self.acc, self.wsum):
+            if buf is None:
+                continue
+            for i in range(self.depth - d):  # slice by slice: no buffer-sized temporary
+                buf[i] = buf[i + d]
+            buf[self.depth - d :] = 0
         self.base = new_base
 
     def finish(self) -> np.ndarray:
@@ -113,17 +122,17 @@ class _SlabAccumulator:
         return self.result
 
     def _finalise(self, n: int) -> None:
-        acc = self.acc[:n]
+        scores = self._scores(self.base, self.base + n)
         if self.wsum is not None:
-            acc /= self.wsum[:n, ..., None]
-        target = self.result[self.base : self.base + n]
+            scores /= self.wsum[:n, ..., None]
         if self.output == "probabilities":
-            target[...] = acc
-        elif acc.shape[-1] == 1:
-            target[...] = acc[..., 0] >= 0.5
+            return
+        target = self.result[self.base : self.base + n]
+        if scores.shape[-1] == 1:
+            target[...] = scores[..., 0] >= 0.5
         else:
             for j in range(n):  # per slice, so the int64 argmax temporary stays small
-                target[j] = np.argmax(acc[j], axis=-1)
+                target[j] = np.argmax(scores[j], axis=-1)
 
 
 def predict_volume(
