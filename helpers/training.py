@@ -92,11 +92,7 @@ class PatchSampler(keras.utils.PyDataset):
         self.batch_size, self.steps = int(batch_size), int(steps_per_epoch)
         self.foreground_fraction, self.augment = foreground_fraction, augment
         self.seed, self.epoch, self.resample = int(seed), 0, resample_each_epoch
-        rng = np.random.default_rng([self.seed, 2**31])
-        cand = np.flatnonzero(np.asarray(self.labels).ravel() != background)
-        if len(cand) > MAX_CANDIDATES:
-            cand = np.sort(rng.choice(cand, MAX_CANDIDATES, replace=False))
-        self.candidates = cand
+        self.candidates = foreground_candidates(self.labels, background, MAX_CANDIDATES, self.seed)
         self.channels = 1 if image.ndim == 3 else image.shape[3]
 
     def __len__(self) -> int:
@@ -141,6 +137,31 @@ class PatchSampler(keras.utils.PyDataset):
         if self.n_classes == 1:
             return x, (y > 0).astype(np.float32)[..., None]
         return x, one_hot(y, self.n_classes)
+
+
+def foreground_candidates(
+    labels: np.ndarray, background: int = 0, limit: int = MAX_CANDIDATES, seed: int = 0, chunk: int = 16
+) -> np.ndarray:
+    """Flat indices of up to ``limit`` voxels whose label is not ``background``, int64, sorted.
+
+    Reads ``labels`` (an array or memmap) ``chunk`` Z slices at a time, so a large
+    memmap is never loaded whole. Above ``limit`` each chunk keeps its share, drawn at random.
+    """
+    counts = [
+        int(np.count_nonzero(labels[z : z + chunk] != background)) for z in range(0, labels.shape[0], chunk)
+    ]
+    total = sum(counts)
+    rng = np.random.default_rng([seed, 2**31])
+    plane = int(np.prod(labels.shape[1:]))
+    parts = []
+    for i, z in enumerate(range(0, labels.shape[0], chunk)):
+        if not counts[i]:
+            continue
+        idx = np.flatnonzero(np.asarray(labels[z : z + chunk]).ravel() != background) + z * plane
+        if total > limit:
+            idx = np.sort(rng.choice(idx, round(limit * counts[i] / total), replace=False))
+        parts.append(idx)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def augment_patch(

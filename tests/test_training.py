@@ -136,3 +136,13 @@ def test_training_resumes_after_an_interruption(phantom, tmp_path):
     assert model.output_shape[-1] == 4
     again = train(build_unet(4, patch_size=32), train_data, val_data, 4, tmp_path, verbose=0)
     assert again["epoch"] == [0, 1, 2, 3]  # a completed run is not retrained
+
+
+def test_foreground_candidates_are_exact_below_the_limit_and_bounded_above(rng):
+    from helpers.training import foreground_candidates
+
+    labels = (rng.random((37, 20, 30)) < 0.3).astype(np.uint8)
+    assert np.array_equal(foreground_candidates(labels, chunk=5), np.flatnonzero(labels))
+    capped = foreground_candidates(labels, limit=1000, chunk=5)
+    assert abs(len(capped) - 1000) <= 8 and np.all(labels.ravel()[capped] == 1)
+    assert np.all(np.diff(capped) > 0)
