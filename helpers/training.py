@@ -39,9 +39,6 @@ class PatchSampler(keras.utils.PyDataset):
         Patch shape in voxels. Axes shorter than it are zero-padded.
     batch_size, steps_per_epoch : int
         Patches per batch; batches per epoch (``len(sampler)``).
-    n_classes : int, optional
-        Width of the one-hot labels (default: ``labels.max() + 1``); 1 gives a
-        single 0/1 channel for a sigmoid model.
     foreground_fraction : float
         Share of patches centred on a random voxel whose label is not
         ``background``; the candidate voxels are computed once (at most
@@ -51,6 +48,9 @@ class PatchSampler(keras.utils.PyDataset):
         two sides are equal, applied identically to image and labels.
     seed : int
         Batches depend only on (seed, epoch, index): reproducible, also with workers.
+    n_classes : int, optional
+        Width of the one-hot labels (default: ``labels.max() + 1``); 1 gives a
+        single 0/1 channel for a sigmoid model.
     resample_each_epoch : bool
         False gives the same batches every epoch (use it for validation).
     **kwargs
@@ -67,10 +67,10 @@ class PatchSampler(keras.utils.PyDataset):
         patch_size: int | Sequence[int],
         batch_size: int,
         steps_per_epoch: int,
-        n_classes: int | None = None,
         foreground_fraction: float = 0.33,
         augment: bool = True,
         seed: int = 0,
+        n_classes: int | None = None,
         background: int = 0,
         resample_each_epoch: bool = True,
         **kwargs: Any,
