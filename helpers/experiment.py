@@ -18,6 +18,7 @@ import numpy as np
 
 from helpers.config import get_params
 from helpers.datasets import SPLIT_AXIS, load_dataset, spatial_split
+from helpers.io import write_text_atomic
 from helpers.metrics import confusion_matrix, scores_from_confusion
 from helpers.patches import window_starts
 from helpers.preprocessing import normalize
@@ -204,10 +205,7 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     """Write ``data`` as JSON through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def record(params: dict[str, Any], section: str, data: dict[str, Any]) -> Path:

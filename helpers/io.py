@@ -11,16 +11,18 @@ same file. So ``affine @ [x, y, z, 1]`` is the world position of ``array[z, y, x
   ImagePositionPatient projected on the slice normal and the affine is flipped to RAS+.
 - TIFF and NumPy are stored as (Z, Y, X[, C]) already.
 
-Every write goes to a temporary file in the target folder, then is renamed, so an
-interrupted save never leaves a truncated file behind.
+Every write goes to a temporary file in the target folder, then is renamed
+(:func:`atomic_path`, which the other helpers use too), so an interrupted save
+never leaves a truncated file behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,11 +314,36 @@ def _load_dicom(files: list[Path], series_uid: str | None, where: Any) -> Volume
 # ---------------------------------------------------------------------------- saving
 
 
-def _atomic_target(path: Path) -> Path:
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    If the block raises, the temporary file is removed and ``path`` is untouched, so
+    an interrupted write never leaves a truncated file. The temporary name keeps the
+    extension (``.nii.gz`` included) so writers that look at it still work, and the
+    final file gets the usual permissions (0666 less the umask).
+    """
+    path = Path(path)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
     os.close(fd)
-    return Path(tmp)
+    tmp = Path(name)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_path`; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def save_volume(
@@ -351,27 +378,22 @@ def save_volume(
         raise VolumeError(path, f"unsupported extension {suffix!r} for saving")
     if not path.parent.is_dir():
         raise VolumeError(path, f"folder {path.parent} does not exist")
-    tmp = _atomic_target(path)
-    try:
+    if suffix == ".npy" and not np.allclose(affine, np.eye(4)):
+        warnings.warn(
+            f"{path}: .npy keeps no geometry; save as .npz or .nii.gz to keep the affine",
+            stacklevel=2,
+        )
+    with atomic_path(path) as tmp:
         if suffix in NIFTI_SUFFIXES:
             _save_nifti(tmp, array, affine, like)
         elif suffix == ".npz":
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, array=array, affine=affine)
         elif suffix == ".npy":
-            if not np.allclose(affine, np.eye(4)):
-                warnings.warn(
-                    f"{path}: .npy keeps no geometry; save as .npz or .nii.gz to keep the affine",
-                    stacklevel=2,
-                )
             with open(tmp, "wb") as f:
                 np.save(f, array, allow_pickle=False)
         else:
             _save_tiff(tmp, array, affine)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers.config import OUTPUTS, REPO_ROOT, ProfileError, resolve_profile_name
+from helpers.io import write_text_atomic
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 COURSE = (
@@ -165,12 +166,8 @@ def write_summary(out: Path, profile: str, timings: Sequence[tuple[str, str, flo
             ]
     lines += ["## Notebook timings", "", "| notebook | dataset | seconds |", "|---|---|---|"]
     lines += [f"| {n} | {d} | {s:.1f} |" for n, d, s in timings]
-    path = out / "summary.md"
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".summary.md.partial")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

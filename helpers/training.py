@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from helpers.io import atomic_path
 from helpers.model import SegmentationLoss, iou_metrics, strategy_scope
 from helpers.patches import as_patch_shape, check_volume, pad_to_patch
 from helpers.preprocessing import one_hot
@@ -207,16 +207,8 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             if self._export is None:
                 self._export = keras.models.clone_model(self.model)
             self._export.set_weights(self.model.get_weights())
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{self.path.stem}.", suffix=".partial.keras", dir=self.path.parent
-            )
-            os.close(fd)
-            try:
+            with atomic_path(self.path) as tmp:
                 self._export.save(tmp)
-                os.replace(tmp, self.path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
 
 
 def read_log(path: str | os.PathLike[str]) -> dict[str, list[float]]:
@@ -240,10 +232,8 @@ def _truncate_log(path: Path, keep_epochs: int) -> None:
     if not rows:
         return
     kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < keep_epochs]
-    tmp = path.with_suffix(".partial")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(kept)
-    os.replace(tmp, path)
 
 
 def train(

@@ -367,3 +367,18 @@ def test_save_refuses_shape_mismatch_with_reference_and_missing_folder(tmp_path,
     with pytest.raises(VolumeError, match="does not exist"):
         save_volume(tmp_path / "no" / "x.nii.gz", ref.array)
     assert os.listdir(tmp_path) == []
+
+
+def test_atomic_writes_get_normal_permissions_and_leave_nothing_on_failure(tmp_path):
+    from helpers.io import atomic_path, write_text_atomic
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = write_text_atomic(tmp_path / "summary.md", "hello\n")
+    assert path.read_text() == "hello\n"
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash")
+    assert path.read_text() == "hello\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.md"]
