@@ -314,22 +314,87 @@ def _load_dicom(files: list[Path], series_uid: str | None, where: Any) -> Volume
 # ---------------------------------------------------------------------------- saving
 
 
+#: Test hook: seconds to sleep between writing a temporary file and renaming it, which
+#: widens the window in which a kill leaves a temporary file behind (fault-injection tests).
+SLOW_WRITE_ENV = "HELPERS_SLOW_WRITE_S"
+_MULTI_SUFFIXES = (".nii.gz", ".weights.h5")
+
+
+def _temp_suffix(path: Path) -> str:
+    name = path.name.lower()
+    return next((s for s in _MULTI_SUFFIXES if name.endswith(s)), path.suffix)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files that a crashed :func:`atomic_path` left beside ``path``.
+
+    A temporary file is named ``.<name>.<pid>.<random>.partial<suffix>``; it is stale
+    when process ``pid`` no longer runs. Files of live processes are left alone.
+    Returns the paths removed.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.partial*"):
+        parts = tmp.name[len(path.name) + 2 :].split(".")
+        pid = int(parts[0]) if parts and parts[0].isdigit() else None
+        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob metacharacters escaped, for ``Path.glob``."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
 
     If the block raises, the temporary file is removed and ``path`` is untouched, so
     an interrupted write never leaves a truncated file. The temporary name keeps the
-    extension (``.nii.gz`` included) so writers that look at it still work, and the
-    final file gets the usual permissions (0666 less the umask).
+    extension (``.nii.gz`` and ``.weights.h5`` included) so writers that look at it
+    still work, and carries the writer's PID, so temporaries left by a killed process
+    are removed on the next write to the same destination. The final file gets the
+    usual permissions (0666 less the umask).
+
+    Raises
+    ------
+    VolumeError
+        The folder does not exist or is not writable (the message names ``path``).
     """
     path = Path(path)
-    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    if not path.parent.is_dir():
+        raise VolumeError(path, f"folder {path.parent} does not exist")
+    remove_stale_temporaries(path)
+    try:
+        fd, name = tempfile.mkstemp(
+            prefix=f".{path.name}.{os.getpid()}.", suffix=f".partial{_temp_suffix(path)}", dir=path.parent
+        )
+    except PermissionError as err:
+        raise VolumeError(path, f"cannot write into folder {path.parent}: permission denied") from err
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
+        delay = float(os.environ.get(SLOW_WRITE_ENV, "0") or 0)
+        if delay > 0:
+            import time
+
+            time.sleep(delay)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)

@@ -1,13 +1,12 @@
 """Issue 5: on-the-fly patch sampling, a short real training run, and resuming."""
 
-import json
-
 import numpy as np
 import pytest
 
 from helpers.datasets import make_sandstone, spatial_split
 from helpers.model import build_unet, iou_metrics, load_model
 from helpers.preprocessing import normalize
+from helpers.runs import commits
 from helpers.training import (
     InterruptAfterEpoch,
     PatchSampler,
@@ -118,18 +117,20 @@ def test_training_resumes_after_an_interruption(phantom, tmp_path):
             verbose=0,
         )
     assert read_log(tmp_path / "log.csv")["epoch"] == [0, 1]
-    assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"] == 2
+    assert [c.epochs_done for c in commits(tmp_path)] == [2]
 
-    started = []
+    started, iterations = [], []
 
     class Spy(InterruptAfterEpoch):
         def on_epoch_begin(self, epoch, logs=None):
             started.append(epoch)
+            iterations.append(int(self.model.optimizer.iterations.numpy()))
 
     history = train(
         build_unet(4, patch_size=32), train_data, val_data, 4, tmp_path, callbacks=[Spy(99)], verbose=0
     )
     assert started == [2, 3]  # continued at epoch 3 (1-based)
+    assert iterations == [2, 3]  # with the optimizer state (Adam's step count) restored
     assert history["epoch"] == [0, 1, 2, 3]  # each epoch exactly once
     assert not (tmp_path / "backup").exists()
     model = load_model(tmp_path / "best.keras")  # safe_mode=True

@@ -1,0 +1,125 @@
+"""Issue 15: training survives SIGKILL at any moment, and a run folder admits one training."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers.io import SLOW_WRITE_ENV
+from helpers.model import load_model
+from helpers.runs import RunLockedError, committed_epochs, leftover_temporaries, read_complete, run_lock
+from helpers.training import read_log
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "fault_worker.py"
+EPOCHS = 5
+#: Every atomic write sleeps this long before its rename, so kills often land mid-write.
+SLOW_WRITE = "0.12"
+
+
+def start(run_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, SLOW_WRITE_ENV: SLOW_WRITE, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(run_dir), str(EPOCHS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def wait_ready(proc: subprocess.Popen) -> None:
+    line = proc.stdout.readline()
+    assert line.strip() == "READY", line + proc.stderr.read()
+
+
+def finish(proc: subprocess.Popen) -> list[int]:
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    return [int(line.split()[1]) for line in out.splitlines() if line.startswith("STARTED")]
+
+
+def check_finished_run(run_dir: Path) -> None:
+    assert read_log(run_dir / "log.csv")["epoch"] == list(range(EPOCHS))
+    assert read_complete(run_dir)["epochs"] == EPOCHS
+    assert load_model(run_dir / "best.keras").output_shape == (None, 16, 16, 16, 3)
+    assert leftover_temporaries(run_dir) == []
+    assert not (run_dir / "backup").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume(tmp_path):
+    reference = tmp_path / "reference"
+    proc = start(reference)
+    wait_ready(proc)
+    t0 = time.perf_counter()
+    assert finish(proc) == list(range(EPOCHS))
+    duration = time.perf_counter() - t0
+    check_finished_run(reference)
+
+    rng = np.random.default_rng(15)
+    moments = np.sort(rng.uniform(0.0, duration, 10))
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two at a time: the machine has 2 cores
+        results = list(pool.map(kill_then_resume, [tmp_path / f"kill{i}" for i in range(10)], moments))
+    for i, (done, _torn, started) in enumerate(results):
+        assert started == list(range(done, EPOCHS)), (moments[i], done, started)  # nothing trained twice
+        check_finished_run(tmp_path / f"kill{i}")
+    assert finish(start(tmp_path / "kill0")) == []  # a finished run is never retrained
+    seen = [r[0] for r in results]
+    assert len(set(seen)) >= 3, seen  # the kills really were spread over the run
+    assert sum(r[1] for r in results) >= 2, results  # and some landed inside a write
+
+
+def kill_then_resume(run_dir: Path, moment: float) -> tuple[int, bool, list[int]]:
+    """SIGKILL a training ``moment`` s after it is ready, then resume it to the end.
+
+    Returns (epochs committed at the kill, whether the kill left a temporary file,
+    epochs the resume started).
+    """
+    proc = start(run_dir)
+    wait_ready(proc)
+    time.sleep(moment)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done, torn = committed_epochs(run_dir), bool(leftover_temporaries(run_dir))
+    return done, torn, finish(start(run_dir))
+
+
+@pytest.mark.slow
+def test_second_training_on_a_busy_folder_fails_at_once(tmp_path):
+    from fault_worker import tiny_model
+
+    from helpers.training import PatchSampler, train
+
+    run_dir = tmp_path / "run"
+    first = start(run_dir)
+    wait_ready(first)
+    lock = run_dir / ".lock"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (lock.exists() and lock.read_text().strip() == str(first.pid)):
+        time.sleep(0.05)
+    labels = np.zeros((16, 16, 16), np.uint8)
+    data = PatchSampler(labels.astype(np.float32), labels, 16, 1, 1, n_classes=3)
+    t0 = time.perf_counter()
+    with pytest.raises(RunLockedError, match=rf"{run_dir}.*PID {first.pid}"):
+        train(tiny_model(), data, None, 2, run_dir, verbose=0)
+    assert time.perf_counter() - t0 < 1.0
+    assert lock.read_text().strip() == str(first.pid)
+    assert finish(first) == list(range(EPOCHS))
+    check_finished_run(run_dir)
+
+
+def test_lock_is_released_when_the_block_ends_or_raises(tmp_path):
+    with run_lock(tmp_path), pytest.raises(RunLockedError, match=str(tmp_path)), run_lock(tmp_path):
+        pass
+    with pytest.raises(KeyError), run_lock(tmp_path):
+        raise KeyError("boom")
+    with run_lock(tmp_path):
+        pass
