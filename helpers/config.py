@@ -9,6 +9,7 @@ profile name before anything is installed.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
@@ -63,6 +64,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 DATASETS = ("sandstone", "brain")
+#: Loss names understood by :class:`helpers.model.SegmentationLoss`.
+LOSSES = ("dice", "ce", "bce", "focal", "dice+ce", "dice+bce", "dice+focal")
 
 
 class ProfileError(ValueError):
@@ -107,13 +110,71 @@ def get_params(profile: str = "auto", dataset: str = "sandstone", **overrides: A
         if key not in params and key not in ("run_dir", "output_dir"):
             raise ProfileError(f"{key!r} is not a profile parameter; known: {sorted(params)}")
         if value is not None:
-            params[key] = value
+            params[key] = check_param(key, value)
     params["profile"] = name
     params["dataset"] = dataset
     out = Path(params.get("output_dir") or OUTPUTS)
     params["output_dir"] = str(out)
     params["run_dir"] = str(params.get("run_dir") or out / "runs" / f"{dataset}-{name}")
     return params
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_param(key: str, value: Any) -> Any:
+    """Return ``value`` for parameter ``key`` if its type and range are valid, else ProfileError.
+
+    ``patch_size`` is an int or 3 ints, each a positive multiple of 32 (the U-Net
+    pools 5 times); counts are integers >= 1; fractions lie in their interval.
+    Tuples are returned as tuples so a parameter set can be hashed and compared.
+    """
+
+    def bad(rule: str) -> ProfileError:
+        return ProfileError(f"{key}={value!r} is not valid: {rule}")
+
+    if key == "patch_size":
+        sizes = [value] if _is_int(value) else list(value) if isinstance(value, (tuple, list)) else None
+        if sizes is None or len(sizes) not in (1, 3) or not all(_is_int(v) and v > 0 for v in sizes):
+            raise bad("it must be an int or 3 ints (voxels)")
+        if any(v % 32 for v in sizes):
+            raise bad("each side must be a multiple of 32 (the U-Net halves it 5 times)")
+        return value if _is_int(value) else tuple(sizes)
+    if key in ("epochs", "batch_size", "steps_per_epoch", "val_steps"):
+        if not _is_int(value) or value < 1:
+            raise bad("it must be an integer >= 1")
+    elif key == "overlap":
+        if not _is_real(value) or not 0 <= value < 1:
+            raise bad("it must be a fraction in [0, 1)")
+    elif key == "val_fraction":
+        if not _is_real(value) or not 0 < value < 1:
+            raise bad("it must be a fraction in (0, 1)")
+    elif key == "learning_rate":
+        if not _is_real(value) or value <= 0:
+            raise bad("it must be a number > 0")
+    elif key == "brain_zoom":
+        if not _is_real(value) or not 0 < value <= 4:
+            raise bad("it must be a number in (0, 4]")
+    elif key == "loss":
+        if value not in LOSSES:
+            raise bad(f"known losses: {', '.join(LOSSES)}")
+    elif key == "sandstone_shape":
+        if (
+            not isinstance(value, (tuple, list))
+            or len(value) != 3
+            or not all(_is_int(v) and v >= 16 for v in value)
+        ):
+            raise bad("it must be 3 ints >= 16 (Z, Y, X)")
+        return tuple(value)
+    elif key in ("run_dir", "output_dir"):
+        if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+            raise bad("it must be a folder path")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

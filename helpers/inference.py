@@ -15,33 +15,29 @@ from typing import Any, Literal
 
 import numpy as np
 
+from helpers.io import check_finite, check_volume
 from helpers.patches import (
     Blend,
     as_patch_shape,
     blend_weights,
     check_overlap,
-    check_volume,
     clip_window,
     sliding_windows,
 )
 
 Output = Literal["probabilities", "labels"]
-_FINITE_CHUNK = 8
 
 
-def check_finite(volume: np.ndarray, name: str = "volume") -> None:
-    """Raise ValueError if ``volume`` holds NaN or Inf, scanning a few Z slices at a time.
-
-    Chunking keeps the temporary boolean mask small instead of volume-sized.
-    """
-    if not np.issubdtype(volume.dtype, np.floating):
+def _check_model_patch(model: Any, patch: tuple[int, int, int]) -> None:
+    """Raise ValueError when a Keras model declares a spatial input other than ``patch``."""
+    declared = getattr(model, "input_shape", None)
+    if isinstance(declared, list):
+        declared = declared[0]
+    if declared is None or len(declared) != 5:
         return
-    for z0 in range(0, volume.shape[0], _FINITE_CHUNK):
-        chunk = volume[z0 : z0 + _FINITE_CHUNK]
-        if not np.isfinite(chunk).all():
-            bad = np.argwhere(~np.isfinite(chunk))[0]
-            where = (int(bad[0]) + z0, *map(int, bad[1:]))
-            raise ValueError(f"{name} contains NaN or Inf (first at index {where})")
+    spatial = tuple(declared[1:4])
+    if any(d is not None and d != p for d, p in zip(spatial, patch, strict=True)):
+        raise ValueError(f"patch_size {patch} does not match the model's input patch {spatial}")
 
 
 def _predict_fn(model: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -186,6 +182,7 @@ def predict_volume(
         raise ValueError(f"output must be 'probabilities' or 'labels', got {output!r}")
     weights = blend_weights(patch, blend)
     check_finite(volume)
+    _check_model_patch(model, patch)
     predict = _predict_fn(model)
 
     shape = tuple(int(s) for s in volume.shape[:3])
@@ -193,6 +190,7 @@ def predict_volume(
     windows = sliding_windows(shape, patch, overlap)
     batch = np.empty((batch_size, *patch, vol4.shape[3]), dtype=np.float32)
     acc: _SlabAccumulator | None = None
+    n_out = 0
 
     from tqdm.auto import tqdm
 
@@ -212,8 +210,19 @@ def predict_volume(
                     f"model output has shape {pred.shape}; expected "
                     f"{(batch_size, *patch, 'n_classes')} for an input batch of {batch.shape}"
                 )
+            if not np.isfinite(pred).all():
+                raise ValueError(
+                    f"model output contains NaN or Inf for windows {first}..{first + len(group) - 1}"
+                    " (is the input normalised? have the weights diverged?)"
+                )
             if acc is None:
                 acc = _SlabAccumulator(shape, patch[0], pred.shape[-1], weights, output)
+                n_out = pred.shape[-1]
+            elif pred.shape[-1] != n_out:
+                raise ValueError(
+                    f"model output has {pred.shape[-1]} channels in the batch of window {first}, "
+                    f"but {n_out} before; a model must return the same number of classes every time"
+                )
             for i, window in enumerate(group):
                 acc.add(pred[i], window)
             bar.update(len(group))

@@ -19,6 +19,7 @@ never leaves a truncated file behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import warnings
@@ -90,12 +91,47 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def _require_3d(array: np.ndarray, path: Any) -> np.ndarray:
+def check_volume(array: Any, path: Any = "volume") -> np.ndarray:
+    """Return ``array`` if it is a non-empty, real-valued (Z, Y, X) or (Z, Y, X, C) volume.
+
+    The one shape-and-dtype validator for volumes, whether read from a file or passed
+    as an argument. ``path`` names the file or the argument in the error. Memory maps
+    and other array-likes with ``shape`` and ``dtype`` are checked without being read.
+
+    Raises
+    ------
+    VolumeError
+        Fewer than 3 or more than 4 axes, an empty axis, complex or non-numeric values.
+    """
+    if array is None or not (hasattr(array, "shape") and hasattr(array, "dtype")):
+        array = np.asarray(array)
     if array.ndim < 3:
         raise VolumeError(path, f"is {array.ndim}-D with shape {array.shape}; a 3-D volume is needed")
     if array.ndim > 4:
         raise VolumeError(path, f"has {array.ndim} dimensions {array.shape}; expected (Z, Y, X[, C])")
+    if 0 in array.shape:
+        raise VolumeError(path, f"is empty (shape {array.shape})")
+    kind = array.dtype.kind
+    if kind == "c":
+        raise VolumeError(path, f"holds complex values ({array.dtype}); a volume must be real")
+    if kind not in "biuf":
+        raise VolumeError(path, f"holds {array.dtype} values, not numbers")
     return array
+
+
+def check_affine(affine: Any, path: Any = "affine") -> np.ndarray:
+    """Return ``affine`` as a finite, invertible (4, 4) float64 array, or raise VolumeError."""
+    try:
+        affine = np.asarray(affine, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise VolumeError(path, f"affine is not numeric ({err})") from None
+    if affine.shape != (4, 4):
+        raise VolumeError(path, f"affine must be 4x4, got shape {affine.shape}")
+    if not np.isfinite(affine).all():
+        raise VolumeError(path, "affine holds NaN or Inf")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise VolumeError(path, "affine is singular (a zero voxel size or collapsed axes)")
+    return affine
 
 
 # ---------------------------------------------------------------------------- loading
@@ -122,13 +158,20 @@ def load_volume(
         Missing path, unsupported extension, corrupt file, 2-D data, mixed or
         broken DICOM series; the message names the file.
     """
-    if isinstance(path, (list, tuple)):
+    if isinstance(path, (list, tuple)) and path:
         return _load_dicom([Path(p) for p in path], series_uid, where=f"DICOM list of {len(path)}")
+    if not isinstance(path, (str, os.PathLike)) or str(path) == "":
+        raise VolumeError(
+            None,
+            f"path must be a file, a folder or a list of DICOM files, got {type(path).__name__} {path!r}",
+        )
     path = Path(path)
-    if not path.exists():
-        raise VolumeError(path, "no such file or directory")
+    _check_exists(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        try:
+            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        except PermissionError:
+            raise VolumeError(path, "permission denied") from None
         return _load_dicom(files, series_uid, where=path)
     suffix = _suffix(path)
     try:
@@ -144,17 +187,36 @@ def load_volume(
             raise VolumeError(path, f"unsupported extension {suffix!r}; supported: {SUPPORTED}")
     except VolumeError:
         raise
+    except PermissionError:
+        raise VolumeError(path, "permission denied") from None
+    except MemoryError:
+        raise VolumeError(path, "does not fit in memory") from None
     except Exception as err:  # the readers raise many types for damaged files
         raise VolumeError(path, f"corrupt or truncated file ({type(err).__name__}: {err})") from err
     vol.path = str(path)
-    _require_3d(vol.array, path)
+    check_volume(vol.array, path)
     return vol
+
+
+def _check_exists(path: Path) -> None:
+    """Raise VolumeError with the real reason when ``path`` cannot be opened."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise VolumeError(path, "is a symbolic link loop") from None
+        if err.errno in (errno.EACCES, errno.EPERM):
+            raise VolumeError(path, "permission denied") from None
+        if path.is_symlink():
+            raise VolumeError(path, f"is a broken symbolic link (to {os.readlink(path)})") from None
+        raise VolumeError(path, "no such file or directory") from None
 
 
 def _load_nifti(path: Path) -> Volume:
     import nibabel as nib
 
     img = nib.load(str(path))
+    _check_declared_size(path, img)
     data = np.asanyarray(img.dataobj)
     if data.ndim == 5 and data.shape[3] == 1:
         data = data[:, :, :, 0, :]
@@ -165,7 +227,52 @@ def _load_nifti(path: Path) -> Volume:
     return Volume(data, np.asarray(img.affine, dtype=np.float64), "nifti", meta=meta)
 
 
+def _check_declared_size(path: Path, img: Any) -> None:
+    """Refuse a NIfTI whose header claims more voxel data than the file can hold, before reading it."""
+    hdr = img.header
+    needed = int(hdr.get_data_offset()) + int(np.prod(hdr.get_data_shape(), dtype=np.int64)) * int(
+        hdr.get_data_dtype().itemsize
+    )
+    size = path.stat().st_size
+    if _suffix(path) == ".nii.gz":
+        with open(path, "rb") as f:  # gzip's trailer holds the uncompressed size modulo 2**32
+            f.seek(-4, os.SEEK_END)
+            size = int.from_bytes(f.read(4), "little")
+        needed %= 2**32
+    if size < needed:
+        raise VolumeError(
+            path,
+            f"header declares shape {hdr.get_data_shape()} of {hdr.get_data_dtype()} ({needed:,} bytes) "
+            f"but the file holds {size:,} bytes: corrupt or truncated file",
+        )
+
+
 def _load_numpy(path: Path) -> Volume:
+    with open(path, "rb") as f:
+        magic = f.read(6)
+        if magic.startswith(b"\x93NUMPY"):
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            reader = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(version)
+            if reader is None:
+                raise VolumeError(path, f"uses .npy format version {version}, which is not supported")
+            shape, _, dtype = reader(f)
+            needed = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if dtype.hasobject:
+                raise VolumeError(
+                    path, "holds pickled Python objects, which are never loaded (allow_pickle=False)"
+                )
+            if path.stat().st_size < needed:
+                raise VolumeError(
+                    path,
+                    f"header declares shape {shape} of {dtype}, more than the file holds: "
+                    "corrupt or truncated file",
+                )
+        elif not magic.startswith(b"PK"):
+            raise VolumeError(path, "is not a NumPy .npy or .npz file (no NumPy header)")
     loaded = np.load(path, allow_pickle=False)
     if isinstance(loaded, np.ndarray):
         return Volume(loaded, np.eye(4), "numpy")
@@ -175,10 +282,8 @@ def _load_numpy(path: Path) -> Volume:
         if key is None:
             raise VolumeError(path, f"holds arrays {keys}; expected one array or one named 'array'")
         array = npz[key]
-        affine = np.asarray(npz["affine"], dtype=np.float64) if "affine" in keys else np.eye(4)
-    if affine.shape != (4, 4):
-        raise VolumeError(path, f"'affine' must be 4x4, got shape {affine.shape}")
-    return Volume(array, affine, "numpy")
+        affine = npz["affine"] if "affine" in keys else np.eye(4)
+    return Volume(array, check_affine(affine, path), "numpy")
 
 
 _TIFF_AXES = {"Z": "Z", "Q": "Z", "I": "Z", "T": "Z", "Y": "Y", "X": "X", "C": "C", "S": "C"}
@@ -203,10 +308,16 @@ def _load_tiff(path: Path) -> Volume:
             del mapped[i]
     if "?" in mapped or len(set(mapped)) != len(mapped) or not {"Y", "X"} <= set(mapped):
         raise VolumeError(path, f"TIFF axes {axes!r} with shape {data.shape} are not a 3-D stack")
+    if "Z" not in mapped:
+        raise VolumeError(
+            path,
+            f"is a single 2-D image (axes {axes!r}, shape {data.shape}), not a stack of slices; "
+            "if its colour samples are slices, write each slice as a page (photometric='minisblack')",
+        )
     order = [mapped.index(a) for a in "ZYXC" if a in mapped]
     data = np.transpose(data, order)
     if "affine" in shaped:
-        affine = np.asarray(shaped["affine"], dtype=np.float64)
+        affine = check_affine(shaped["affine"], path)
     else:
 
         def res(tag: Any) -> float:
@@ -230,17 +341,33 @@ def _read_dicom_headers(files: Iterable[Path]) -> list[tuple[Path, Any]]:
             ds = pydicom.dcmread(f)
         except InvalidDicomError:
             continue  # not a DICOM file (a README, a DICOMDIR index...)
+        except PermissionError:
+            raise VolumeError(f, "permission denied") from None
         except Exception as err:
             raise VolumeError(f, f"corrupt or truncated DICOM file ({err})") from err
+        if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+            raise VolumeError(
+                f,
+                f"is a multi-frame DICOM ({int(ds.NumberOfFrames)} frames in one file), which this loader "
+                "does not read; convert it to NIfTI (for example with dcm2niix)",
+            )
         if "PixelData" in ds:
             out.append((f, ds))
+        elif "Image Storage" in _sop_class_name(ds):
+            raise VolumeError(f, "is a DICOM image without its pixel data: truncated or corrupt")
     return out
+
+
+def _sop_class_name(ds: Any) -> str:
+    """The SOP class name (e.g. "CT Image Storage"), from the file meta a truncated file still has."""
+    meta = getattr(ds, "file_meta", None)
+    uid = getattr(meta, "MediaStorageSOPClassUID", None) or getattr(ds, "SOPClassUID", None)
+    return str(getattr(uid, "name", "")) if uid is not None else ""
 
 
 def _load_dicom(files: list[Path], series_uid: str | None, where: Any) -> Volume:
     for f in files:
-        if not f.exists():
-            raise VolumeError(f, "no such file or directory")
+        _check_exists(f)
     datasets = _read_dicom_headers(files)
     if not datasets:
         raise VolumeError(where, "contains no DICOM image files (empty DICOM folder?)")
@@ -422,18 +549,22 @@ def save_volume(
     The extension picks the format: ``.nii``/``.nii.gz`` (affine and form codes),
     ``.npz`` (array and affine), ``.tif``/``.tiff`` (affine in the JSON
     description, spacing in the resolution tags), or ``.npy`` (the array only: it
-    warns if a non-identity geometry would be lost). The dtype is kept. The file is
-    written under a temporary name in the same folder and renamed into place.
-    Returns the path written.
+    warns if a non-identity geometry would be lost). The dtype is kept, except
+    that NIfTI and TIFF get bool as uint8, float16 as float32 and 64-bit integers
+    as the smallest 32-bit type that holds them. The file is written under a
+    temporary name in the same folder and renamed into place. Returns the path written.
+
+    Raises
+    ------
+    VolumeError
+        An empty, non-3-D, complex or non-numeric array; a singular or non-finite
+        affine; an unsupported extension; a missing or unwritable folder.
     """
     path = Path(path)
-    array = np.asarray(array)
-    _require_3d(array, path)
+    array = check_volume(np.asarray(array), path)
     if affine is None:
         affine = like.affine if like is not None else np.eye(4)
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4):
-        raise VolumeError(path, f"affine must be 4x4, got shape {affine.shape}")
+    affine = check_affine(affine, path)
     if like is not None and like.array.shape[:3] != array.shape[:3]:
         raise VolumeError(
             path, f"array shape {array.shape[:3]} differs from the reference's {like.array.shape[:3]}"
@@ -448,6 +579,8 @@ def save_volume(
             f"{path}: .npy keeps no geometry; save as .npz or .nii.gz to keep the affine",
             stacklevel=2,
         )
+    if suffix in (*NIFTI_SUFFIXES, *TIFF_SUFFIXES):
+        array = _portable_dtype(array, path)
     with atomic_path(path) as tmp:
         if suffix in NIFTI_SUFFIXES:
             _save_nifti(tmp, array, affine, like)
@@ -460,6 +593,28 @@ def save_volume(
         else:
             _save_tiff(tmp, array, affine)
     return path
+
+
+def _portable_dtype(array: np.ndarray, path: Path) -> np.ndarray:
+    """Convert dtypes that NIfTI and TIFF readers handle badly into ones they handle, losslessly.
+
+    bool becomes uint8 and float16 becomes float32; 64-bit integers become the
+    smallest 32-bit type that holds the values, or VolumeError if none does.
+    """
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    if array.dtype.kind in "iu" and array.dtype.itemsize == 8:
+        lo, hi = int(array.min()), int(array.max())
+        for candidate in (np.uint8, np.int16, np.int32, np.uint32):
+            info = np.iinfo(candidate)
+            if info.min <= lo and hi <= info.max:
+                return array.astype(candidate)
+        raise VolumeError(
+            path, f"values {lo}..{hi} do not fit the 32-bit integers that NIfTI readers support"
+        )
+    return array
 
 
 def _save_nifti(tmp: Path, array: np.ndarray, affine: np.ndarray, like: Volume | None) -> None:
@@ -491,36 +646,68 @@ def _save_tiff(tmp: Path, array: np.ndarray, affine: np.ndarray) -> None:
 # ------------------------------------------------------------------- validation
 
 
-def check_image(image: np.ndarray, path: Any = "image") -> np.ndarray:
-    """Raise VolumeError if ``image`` is not 3-D (plus channels) or holds NaN/Inf."""
-    image = np.asarray(image)
-    _require_3d(image, path)
-    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
-        n = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
-        raise VolumeError(path, f"image contains {n} NaN or Inf values")
+_CHUNK = 8
+
+
+def check_finite(volume: Any, path: Any = "volume") -> None:
+    """Raise VolumeError if a float ``volume`` holds NaN or Inf, scanning ``_CHUNK`` Z slices at a time.
+
+    Chunking keeps the temporary mask small and reads a memory map piece by piece.
+    """
+    if not np.issubdtype(volume.dtype, np.floating):
+        return
+    for z0 in range(0, volume.shape[0], _CHUNK):
+        chunk = np.asarray(volume[z0 : z0 + _CHUNK])
+        if not np.isfinite(chunk).all():
+            bad = np.argwhere(~np.isfinite(chunk))[0]
+            where = (int(bad[0]) + z0, *map(int, bad[1:]))
+            raise VolumeError(path, f"contains NaN or Inf (first at index {where})")
+
+
+def check_image(image: Any, path: Any = "image") -> np.ndarray:
+    """Return ``image`` if it is a valid volume (:func:`check_volume`) without NaN or Inf."""
+    image = check_volume(image, path)
+    check_finite(image, path)
     return image
 
 
-def check_labels(labels: np.ndarray, n_classes: int | None = None, path: Any = "labels") -> np.ndarray:
-    """Return ``labels`` as a 3-D integer array, or raise VolumeError.
+def check_labels(
+    labels: Any, n_classes: int | None = None, path: Any = "labels", convert: bool = True
+) -> np.ndarray:
+    """Return ``labels`` as a 3-D integer array of class indices, or raise VolumeError.
 
-    Non-integer values, negative values and values >= ``n_classes`` are refused.
+    Non-finite, non-integer and negative values, and values >= ``n_classes``, are
+    refused. The scan reads ``_CHUNK`` Z slices at a time, so a memory map is not
+    loaded whole. Integral floats are converted to integers. Integer labels come back
+    as uint8 when they fit, or unchanged (no copy) with ``convert=False``.
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 3:
-        raise VolumeError(path, f"labels must be 3-D (Z, Y, X), got shape {labels.shape}")
-    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        if not np.issubdtype(labels.dtype, np.number) or not np.all(np.isfinite(labels)):
-            raise VolumeError(path, "labels must be finite integers")
-        if np.any(labels != np.round(labels)):
-            raise VolumeError(path, "labels hold non-integer values; expected class indices")
-        labels = labels.astype(np.int64)
-    lo, hi = int(labels.min()), int(labels.max())
+    if not (hasattr(labels, "shape") and hasattr(labels, "dtype")):
+        labels = np.asarray(labels)
+    if labels.ndim != 3 or 0 in labels.shape:
+        raise VolumeError(path, f"labels must be a non-empty 3-D (Z, Y, X) array, got shape {labels.shape}")
+    integer = np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool
+    if not integer and not (np.issubdtype(labels.dtype, np.floating)):
+        raise VolumeError(path, f"labels must be integer class indices, got dtype {labels.dtype}")
+    lo, hi = None, None
+    for z0 in range(0, labels.shape[0], _CHUNK):
+        chunk = np.asarray(labels[z0 : z0 + _CHUNK])
+        if not integer:
+            if not np.isfinite(chunk).all():
+                raise VolumeError(path, "labels must be finite integers; they hold NaN or Inf")
+            if np.any(chunk != np.round(chunk)):
+                raise VolumeError(path, "labels hold non-integer values; expected class indices")
+        c_lo, c_hi = chunk.min(), chunk.max()
+        lo = c_lo if lo is None else min(lo, c_lo)
+        hi = c_hi if hi is None else max(hi, c_hi)
+    lo, hi = int(lo), int(hi)
     if lo < 0:
         raise VolumeError(path, f"labels hold negative values (min {lo}); expected 0..n_classes-1")
     if n_classes is not None and hi >= n_classes:
         raise VolumeError(path, f"labels hold value {hi} >= n_classes={n_classes}; remap them first")
-    return labels.astype(np.uint8) if hi < 256 else labels
+    if integer and not convert:
+        return labels
+    dtype = np.uint8 if hi < 256 else np.int32 if hi < 2**31 else np.int64
+    return np.asarray(labels).astype(dtype)
 
 
 def load_pair(

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
-LOSSES = ("dice", "ce", "bce", "focal", "dice+ce", "dice+bce", "dice+focal")
+from helpers.config import LOSSES  # noqa: E402
 
 
 class EncoderWeightsError(RuntimeError):
@@ -226,6 +226,42 @@ def iou_metrics(n_classes: int, class_names: tuple[str, ...] | None = None) -> l
     ]
 
 
+class ModelFileError(ValueError):
+    """A model file that cannot be loaded; the message names the file and the reason."""
+
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
 def load_model(path: str | os.PathLike[str]) -> keras.Model:
-    """Load a saved ``.keras`` model for inference with ``safe_mode=True`` (no arbitrary code)."""
-    return keras.saving.load_model(path, compile=False, safe_mode=True)
+    """Load a saved ``.keras`` model for inference with ``safe_mode=True`` (no arbitrary code).
+
+    Raises
+    ------
+    ModelFileError
+        A missing file, an extension other than .keras/.h5, or a file that is not a
+        Keras model (corrupt, truncated, or another format); the message names the file.
+    """
+    import zipfile
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise ModelFileError(f"path must be a model file path, got {type(path).__name__} {path!r}")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        reason = "is a folder, not a model file" if os.path.isdir(path) else "no such file"
+        raise ModelFileError(f"{path}: {reason}")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in MODEL_SUFFIXES:
+        raise ModelFileError(f"{path}: unsupported extension {suffix!r}; expected one of {MODEL_SUFFIXES}")
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path}: not a .keras archive (corrupt or truncated model file)")
+    if suffix != ".keras" and magic != b"\x89HDF\r\n\x1a\n":
+        raise ModelFileError(f"{path}: not an HDF5 file (corrupt or truncated model file)")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as err:  # Keras raises many types for damaged or unsafe files
+        raise ModelFileError(
+            f"{path}: cannot be loaded as a Keras model ({type(err).__name__}: {err})"
+        ) from err

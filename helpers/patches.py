@@ -17,6 +17,8 @@ from typing import Literal
 
 import numpy as np
 
+from helpers.io import check_volume
+
 Window = tuple[slice, slice, slice]
 Blend = Literal["gaussian", "average", "none"]
 BLENDS = ("gaussian", "average", "none")
@@ -43,16 +45,6 @@ def check_overlap(overlap: float) -> float:
     if not isinstance(overlap, (int, float, np.floating)) or not 0.0 <= float(overlap) < 1.0:
         raise ValueError(f"overlap must be a fraction in [0, 1), got {overlap!r}")
     return float(overlap)
-
-
-def check_volume(volume: np.ndarray, name: str = "volume") -> np.ndarray:
-    """Check that ``volume`` is (Z, Y, X) or (Z, Y, X, C); return it as an ndarray."""
-    volume = np.asarray(volume)
-    if volume.ndim not in (3, 4) or 0 in volume.shape:
-        raise ValueError(
-            f"{name} must be a non-empty 3-D (Z, Y, X) or 4-D (Z, Y, X, C) array, got shape {volume.shape}"
-        )
-    return volume
 
 
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:

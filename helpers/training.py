@@ -20,9 +20,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from helpers.io import atomic_path, write_text_atomic
+from helpers.io import atomic_path, check_image, check_labels, write_text_atomic
 from helpers.model import SegmentationLoss, iou_metrics, strategy_scope
-from helpers.patches import as_patch_shape, check_volume, pad_to_patch
+from helpers.patches import as_patch_shape, pad_to_patch
 from helpers.preprocessing import one_hot
 from helpers.runs import (
     Commit,
@@ -90,15 +90,21 @@ class PatchSampler(keras.utils.PyDataset):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        image = check_volume(image, "image")
-        if labels.shape != image.shape[:3]:
-            raise ValueError(f"labels shape {labels.shape} differs from image shape {image.shape[:3]}")
-        if batch_size < 1 or steps_per_epoch < 1:
+        image = check_image(image, "image")
+        if getattr(labels, "shape", None) != image.shape[:3]:
             raise ValueError(
-                f"batch_size and steps_per_epoch must be >= 1, got {batch_size}, {steps_per_epoch}"
+                f"labels shape {getattr(labels, 'shape', None)} differs from image shape {image.shape[:3]}"
             )
-        if not 0 <= foreground_fraction <= 1:
-            raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
+        for name, value in (("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if n_classes is not None and (
+            isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1
+        ):
+            raise ValueError(f"n_classes must be an integer >= 1, got {n_classes!r}")
+        if not isinstance(foreground_fraction, (int, float)) or not 0 <= foreground_fraction <= 1:
+            raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction!r}")
+        labels = check_labels(labels, None if n_classes in (None, 1) else n_classes, "labels", convert=False)
         self.patch = as_patch_shape(patch_size)
         self.image, _ = pad_to_patch(image, self.patch)
         self.labels, _ = pad_to_patch(labels, self.patch)

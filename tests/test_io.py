@@ -247,7 +247,7 @@ def test_pickled_npy_is_refused(tmp_path):
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(VolumeError) as err:
         load_volume(path)
-    assert_names(err, path, "corrupt")
+    assert_names(err, path, "pickled")
 
 
 def test_empty_dicom_folder(tmp_path):

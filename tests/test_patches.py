@@ -204,7 +204,7 @@ def test_bad_arguments_raise_valueerror_naming_them(kwargs, match):
 def test_nan_or_inf_in_volume_is_refused(bad):
     v = np.zeros((40, 40, 40), np.float32)
     v[30, 5, 7] = bad
-    with pytest.raises(ValueError, match=r"volume contains NaN or Inf.*\(30, 5, 7\)"):
+    with pytest.raises(ValueError, match=r"volume: contains NaN or Inf.*\(30, 5, 7\)"):
         predict_volume(identity, v, 32, progress=False)
 
 

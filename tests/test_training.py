@@ -147,3 +147,20 @@ def test_foreground_candidates_are_exact_below_the_limit_and_bounded_above(rng):
     capped = foreground_candidates(labels, limit=1000, chunk=5)
     assert abs(len(capped) - 1000) <= 8 and np.all(labels.ravel()[capped] == 1)
     assert np.all(np.diff(capped) > 0)
+
+
+@pytest.mark.slow
+def test_best_model_file_holds_no_optimizer_state(tmp_path):
+    import keras
+
+    from helpers.training import inference_copy
+
+    model = build_unet(4, patch_size=32)
+    model.compile(optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy")
+    x = np.zeros((1, 32, 32, 32, 1), np.float32)
+    model.fit(x, np.eye(4, dtype=np.float32)[np.zeros((1, 32, 32, 32), int)], verbose=0)
+    model.save(tmp_path / "compiled.keras")
+    inference_copy(model).save(tmp_path / "best.keras")
+    compiled, best = (tmp_path / "compiled.keras").stat().st_size, (tmp_path / "best.keras").stat().st_size
+    assert best < 0.4 * compiled and best < 200e6, (best, compiled)
+    assert np.allclose(load_model(tmp_path / "best.keras").predict(x, verbose=0), model.predict(x, verbose=0))
