@@ -9,15 +9,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+import os
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from helpers.io import Volume, load_volume
+from helpers.config import DATASETS
+from helpers.geometry import Resampling, align_to, check_spacing, reorient, to_working_grid
+from helpers.io import Volume, VolumeError, check_image, check_labels, load_volume
+from helpers.preprocessing import MODALITIES, apply_normalisation, fit_normalisation
+from helpers.splits import FRACTIONS, PARTS, SplitError, slab_index, split_cases, split_slabs
 
 SANDSTONE_CLASSES = ("pore", "clay", "quartz", "pyrite")
 BRAIN_CLASSES = ("background/CSF", "grey matter", "white matter")
@@ -25,8 +34,8 @@ BRAIN_CLASSES = ("background/CSF", "grey matter", "white matter")
 SANDSTONE_LEVELS = np.array([0.12, 0.40, 0.62, 0.92], dtype=np.float32)
 
 
-class Dataset(NamedTuple):
-    """An embedded dataset: image float32 (Z, Y, X), labels uint8 (Z, Y, X), geometry."""
+class EmbeddedVolume(NamedTuple):
+    """An embedded volume: image float32 (Z, Y, X), labels uint8 (Z, Y, X), geometry."""
 
     image: np.ndarray
     labels: np.ndarray
@@ -38,6 +47,7 @@ class Dataset(NamedTuple):
 def _field(shape: Sequence[int], sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Smooth Gaussian random field with unit standard deviation, float32."""
     f = ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma, mode="wrap")
+    f -= f.mean()
     f /= f.std() + 1e-12
     return f
 
@@ -176,12 +186,458 @@ SPLIT_AXIS = {"sandstone": 0, "brain": 1}
 
 def load_dataset(
     name: str, sandstone_shape: Sequence[int] = (256, 256, 256), brain_zoom: float = 1.0, seed: int = 0
-) -> Dataset:
-    """Load an embedded dataset by name ("sandstone" or "brain")."""
+) -> EmbeddedVolume:
+    """Load an embedded dataset by name ("sandstone" or "brain") as one volume."""
     if name == "sandstone":
         image, labels = make_sandstone(sandstone_shape, seed)
-        return Dataset(image, labels, np.eye(4), SANDSTONE_CLASSES, name)
+        return EmbeddedVolume(image, labels, np.eye(4), SANDSTONE_CLASSES, name)
     if name == "brain":
         vol, labels = load_brain_mri(brain_zoom)
-        return Dataset(vol.array, labels, vol.affine, BRAIN_CLASSES, name)
+        return EmbeddedVolume(vol.array, labels, vol.affine, BRAIN_CLASSES, name)
     raise ValueError(f"dataset must be 'sandstone' or 'brain', got {name!r}")
+
+
+# ------------------------------------------------------------------ datasets in folders
+
+
+class DatasetError(VolumeError):
+    """A dataset folder or ``dataset.json`` that cannot be used; the message names the file or case."""
+
+
+#: File name suffix of the first (and, for now, only) image channel, as nnU-Net writes it.
+CHANNEL_SUFFIX = "_0000"
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npz", ".npy", ".tif", ".tiff")
+
+
+@dataclass
+class Case:
+    """One scan on the dataset's working grid (RAS, target spacing), ready for sampling.
+
+    Attributes
+    ----------
+    name : str
+    image : float32 (Z, Y, X), normalised with the dataset's ``normalisation``
+    labels : uint8 (Z, Y, X) class indices, or None for an unlabelled scan
+    resampling : :class:`helpers.geometry.Resampling`
+        ``resampling.affine`` is the working grid's affine; ``resampling.invert``
+        takes a prediction back to the scan's native grid.
+    image_path, labels_path : str or None
+    """
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray | None
+    resampling: Resampling
+    image_path: str | None = None
+    labels_path: str | None = None
+
+    @property
+    def affine(self) -> np.ndarray:
+        return self.resampling.affine
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.image.shape[:3])  # type: ignore[return-value]
+
+
+@dataclass
+class Dataset:
+    """A labelled dataset on one working grid, split and normalised.
+
+    ``cases`` hold the labelled scans; ``split`` says which case (or, for a single
+    volume, which slab) is train, val and test (:mod:`helpers.splits`);
+    ``normalisation`` was fitted on the training part only; ``unlabelled`` lists the
+    scans of ``imagesTs/`` to segment (paths, loaded on demand).
+    """
+
+    name: str
+    modality: str
+    class_names: tuple[str, ...]
+    label_ids: list[list[int]]
+    cases: list[Case]
+    split: dict[str, Any]
+    normalisation: dict[str, Any]
+    target_spacing: tuple[float, float, float]
+    unlabelled: list[str] = field(default_factory=list)
+    root: str | None = None
+    fingerprint: str = ""
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def case(self, name: str) -> Case:
+        for c in self.cases:
+            if c.name == name:
+                return c
+        raise KeyError(f"dataset {self.name!r} has no case {name!r}; it has {[c.name for c in self.cases]}")
+
+    def part(self, which: str) -> list[tuple[Case, tuple[slice, ...]]]:
+        """(case, region) pairs of split part ``which`` ("train", "val" or "test")."""
+        if which not in PARTS:
+            raise ValueError(f"part must be one of {PARTS}, got {which!r}")
+        if self.split["kind"] == "slabs":
+            region = slab_index(self.split[which], self.split["axis"])
+            return [(self.cases[0], region)]
+        full = (slice(None),) * 3
+        return [(self.case(n), full) for n in self.split[which]]
+
+    def arrays(self, which: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Images and label maps of part ``which`` as lists of array views (no copies)."""
+        pairs = self.part(which)
+        return [c.image[r] for c, r in pairs], [c.labels[r] for c, r in pairs]  # type: ignore[index]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise DatasetError(path, "no dataset.json: a dataset folder needs one (name, modality, labels)")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise DatasetError(path, f"is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise DatasetError(path, "must hold a JSON object")
+    return data
+
+
+def _modality(spec: dict[str, Any], path: Path) -> str:
+    raw = spec.get("modality", spec.get("channel_names"))
+    if isinstance(raw, dict):  # nnU-Net / Decathlon: {"0": "CT"}
+        if len(raw) != 1:
+            raise DatasetError(path, f"has {len(raw)} channels {raw}; one image channel is supported")
+        raw = next(iter(raw.values()))
+    if raw is None:
+        raise DatasetError(path, 'lacks the key \'modality\' ("CT", "MR" or "other")')
+    for m in MODALITIES:
+        if str(raw).lower() == m.lower():
+            return m
+    raise DatasetError(path, f"modality {raw!r} is unknown; use one of {MODALITIES}")
+
+
+def _labels(spec: dict[str, Any], path: Path) -> tuple[tuple[str, ...], list[list[int]]]:
+    """Class names and the stored ids merged into each class; class 0 holds id 0 (background)."""
+    raw = spec.get("labels")
+    if not isinstance(raw, dict) or not raw:
+        raise DatasetError(path, "lacks 'labels', a mapping of class name to label id (or list of ids)")
+    if all(str(k).isdigit() for k in raw) and all(isinstance(v, str) for v in raw.values()):
+        raw = {v: int(k) for k, v in raw.items()}  # Decathlon style: {"0": "background", ...}
+    names, ids = [], []
+    for name, value in raw.items():
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise DatasetError(path, f"label {name!r} must be an id >= 0 or a list of them, got {value!r}")
+        names.append(str(name))
+        ids.append([int(v) for v in values])
+    flat = [v for group in ids for v in group]
+    if len(set(flat)) != len(flat):
+        raise DatasetError(path, f"a label id is listed under two classes: {raw}")
+    background = [i for i, group in enumerate(ids) if 0 in group]
+    if background:
+        order = background + [i for i in range(len(ids)) if i != background[0]]
+        names, ids = [names[i] for i in order], [ids[i] for i in order]
+    else:
+        names, ids = ["background", *names], [[0], *ids]
+    if len(names) < 2:
+        raise DatasetError(path, "labels must name at least one class besides the background")
+    return tuple(names), ids
+
+
+def case_name(path: Path) -> str:
+    """Case name of an image or label file or DICOM folder: its name less suffixes and ``_0000``."""
+    name = path.name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name[: -len(CHANNEL_SUFFIX)] if name.endswith(CHANNEL_SUFFIX) else name
+
+
+def _entries(folder: Path) -> dict[str, Path]:
+    """Volume files and DICOM folders in ``folder`` by case name."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_file() and not path.name.lower().endswith(VOLUME_SUFFIXES):
+            continue
+        name = path.name
+        stem = case_name(path)
+        if (
+            path.is_file()
+            and re.search(r"_\d{4}$", name.split(".")[0])
+            and not name.split(".")[0].endswith(CHANNEL_SUFFIX)
+        ):
+            raise DatasetError(path, "is a second image channel; one channel (_0000) is supported for now")
+        if stem in found:
+            raise DatasetError(path, f"names case {stem!r} twice (also {found[stem].name})")
+        found[stem] = path
+    return found
+
+
+def remap_to_classes(stored: np.ndarray, label_ids: Sequence[Sequence[int]]) -> np.ndarray:
+    """Map stored label ids to class indices; ids not listed become class 0 (background). uint8."""
+    top = max(int(stored.max()), max(max(g) for g in label_ids)) + 1
+    lut = np.zeros(top, dtype=np.uint8)
+    for cls, group in enumerate(label_ids):
+        lut[list(group)] = cls
+    return lut[stored]
+
+
+def _fingerprint(spec: dict[str, Any], files: Sequence[Path]) -> str:
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    for f in files:
+        size = sum(p.stat().st_size for p in f.rglob("*") if p.is_file()) if f.is_dir() else f.stat().st_size
+        digest.update(f"{f.name}:{size}".encode())
+    return digest.hexdigest()[:16]
+
+
+def open_dataset(
+    path: str | os.PathLike[str],
+    seed: int = 0,
+    target_spacing: Sequence[float] | None = None,
+    fractions: Sequence[float] = FRACTIONS,
+    sandstone_shape: Sequence[int] = (256, 256, 256),
+    brain_zoom: float = 1.0,
+) -> Dataset:
+    """Open a labelled dataset: a folder in the Decathlon / nnU-Net layout, or an embedded name.
+
+    A folder holds ``dataset.json``, ``imagesTr/`` and ``labelsTr/`` (one label map
+    per image, matched by case name; ``case_0000.nii.gz`` is case ``case``) and
+    optionally ``imagesTs/`` (scans to segment). Images may be NIfTI, ``.npz``,
+    ``.npy``, TIFF or DICOM series folders. ``dataset.json`` gives ``name``,
+    ``modality`` ("CT", "MR" or "other") and ``labels`` (class name -> id, or -> a
+    list of ids to merge; ids not listed become background), and optionally
+    ``target_spacing`` (Z, Y, X mm) and ``split`` ({"train": [...], "val": [...],
+    "test": [...]} case names).
+
+    Every case is aligned (a label map stored in another orientation of the image's
+    grid is reoriented; another grid is refused), reoriented to RAS and resampled to
+    the target spacing (default: the median spacing per axis), images linearly and
+    labels per class. The cases are split by case with ``seed`` (or ``split``),
+    and the normalisation for the modality is fitted on the training cases only.
+
+    ``"sandstone"`` and ``"brain"`` give the embedded single-volume datasets through
+    the same type, split into three slabs (train, val, test).
+
+    Raises
+    ------
+    DatasetError
+        Missing ``dataset.json`` or keys, unknown modality, target spacing <= 0,
+        images without label maps or the reverse, a label id that no label map
+        contains, a label map on another grid, non-integer labels, a corrupt case:
+        the message names the case and the file.
+    """
+    if str(path) in DATASETS:
+        return _embedded(str(path), seed, fractions, sandstone_shape, brain_zoom)
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetError(root, f"is neither an embedded dataset ({', '.join(DATASETS)}) nor a folder")
+    spec_path = root / "dataset.json"
+    spec = _read_json(spec_path)
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise DatasetError(spec_path, "lacks the key 'name' (a non-empty string)")
+    modality = _modality(spec, spec_path)
+    class_names, label_ids = _labels(spec, spec_path)
+    if target_spacing is None and spec.get("target_spacing") is not None:
+        target_spacing = spec["target_spacing"]
+    if target_spacing is not None:
+        try:
+            target_spacing = check_spacing(target_spacing)
+        except VolumeError as err:
+            raise DatasetError(spec_path, err.reason) from None
+    for sub in ("imagesTr", "labelsTr"):
+        if not (root / sub).is_dir():
+            raise DatasetError(root / sub, "folder is missing; a dataset needs imagesTr/ and labelsTr/")
+    images, label_files = _entries(root / "imagesTr"), _entries(root / "labelsTr")
+    for stem in sorted(set(images) - set(label_files)):
+        raise DatasetError(images[stem], f"case {stem!r} has an image but no label map in labelsTr/")
+    for stem in sorted(set(label_files) - set(images)):
+        raise DatasetError(label_files[stem], f"case {stem!r} has a label map but no image in imagesTr/")
+    if not images:
+        raise DatasetError(root / "imagesTr", "holds no images")
+
+    loaded = []
+    for stem in sorted(images):
+        try:
+            image = load_volume(images[stem])
+            check_image(image.array, images[stem])
+            if image.array.ndim == 4:
+                raise DatasetError(images[stem], f"has {image.array.shape[3]} channels; one is supported")
+            raw = load_volume(label_files[stem])
+            stored = check_labels(align_to(image, raw), None, label_files[stem])
+        except VolumeError as err:
+            raise DatasetError(err.path, f"case {stem!r}: {err.reason}") from None
+        loaded.append((stem, image, stored))
+    present = set().union(*(np.unique(s).tolist() for _, _, s in loaded))
+    for cls, group in zip(class_names, label_ids, strict=True):
+        missing = [i for i in group if i not in present and i != 0]
+        if missing:
+            raise DatasetError(
+                spec_path, f"label {cls!r} lists id(s) {missing} that no label map in labelsTr/ contains"
+            )
+
+    oriented = [reorient(image)[0] for _, image, _ in loaded]
+    if target_spacing is None:
+        target_spacing = tuple(float(np.median([v.spacing[i] for v in oriented])) for i in range(3))
+    cases = []
+    for stem, image, stored in loaded:
+        work, record = to_working_grid(image, target_spacing)
+        labels = Volume(remap_to_classes(stored, label_ids), image.affine, image.source_format)
+        work_labels, _ = to_working_grid(labels, target_spacing, labels=True, n_classes=len(class_names))
+        cases.append(
+            Case(stem, work.array, work_labels.array, record, str(images[stem]), str(label_files[stem]))
+        )
+
+    names = [c.name for c in cases]
+    split = _case_split(spec.get("split"), names, seed, fractions, spec_path)
+    train_cases = [c for c in cases if c.name in split["train"]]
+    stats = fit_normalisation([c.image for c in train_cases], [c.labels for c in train_cases], modality, seed)
+    for c in cases:
+        c.image = apply_normalisation(c.image, stats)
+    unlabelled = []
+    if (root / "imagesTs").is_dir():
+        unlabelled = [str(p) for p in _entries(root / "imagesTs").values()]
+    files = [*images.values(), *label_files.values()]
+    return Dataset(
+        name,
+        modality,
+        class_names,
+        label_ids,
+        cases,
+        split,
+        stats,
+        tuple(float(s) for s in target_spacing),  # type: ignore[arg-type]
+        unlabelled,
+        str(root),
+        _fingerprint(spec, files),
+    )
+
+
+def _case_split(
+    override: Any, names: list[str], seed: int, fractions: Sequence[float], path: Path
+) -> dict[str, Any]:
+    if override is None:
+        try:
+            return {"kind": "cases", "seed": seed, **split_cases(names, seed, fractions)}
+        except SplitError as err:
+            raise DatasetError(path, str(err)) from None
+    if not isinstance(override, dict) or set(override) != set(PARTS):
+        raise DatasetError(path, f"'split' must map each of {PARTS} to a list of case names")
+    listed = [n for part in PARTS for n in override[part]]
+    unknown = sorted(set(listed) - set(names))
+    if unknown or len(set(listed)) != len(listed) or not all(override[p] for p in PARTS):
+        raise DatasetError(
+            path,
+            f"'split' must give every part at least one case, each case once, from {names}; "
+            f"unknown: {unknown}",
+        )
+    return {"kind": "cases", "seed": None, **{p: sorted(override[p]) for p in PARTS}}
+
+
+def _embedded(
+    name: str, seed: int, fractions: Sequence[float], sandstone_shape: Sequence[int], brain_zoom: float
+) -> Dataset:
+    """An embedded single volume as a :class:`Dataset` with one case split into three slabs."""
+    ds = load_dataset(name, sandstone_shape=sandstone_shape, brain_zoom=brain_zoom, seed=seed)
+    volume = Volume(ds.image, ds.affine, "numpy", path=name)
+    axis = SPLIT_AXIS[name]
+    bounds = split_slabs(ds.image.shape, axis, fractions)
+    train = slab_index(bounds["train"], axis)
+    modality = "MR" if name == "brain" else "other"
+    stats = fit_normalisation([ds.image[train]], [ds.labels[train]], modality, seed)
+    record = Resampling(
+        ds.image.shape,
+        ds.affine.copy(),
+        np.array([[0, 1], [1, 1], [2, 1]]),
+        ds.image.shape,
+        ds.image.shape,
+        ds.affine.copy(),
+    )
+    image = apply_normalisation(ds.image, stats)
+    case = Case(name, image, ds.labels, record, volume.path, None)
+    split = {"kind": "slabs", "axis": axis, **bounds}
+    ids = [[i] for i in range(len(ds.class_names))]
+    return Dataset(name, modality, ds.class_names, ids, [case], split, stats, volume.spacing, [], None, name)
+
+
+#: The embedded multi-case dataset: (case, shape (Z, Y, X), spacing (Z, Y, X) mm, format, orientation).
+CORES = (
+    ("core00", (40, 48, 48), (1.0, 1.0, 1.0), ".nii.gz", "RAS"),
+    ("core01", (24, 56, 56), (2.0, 0.8, 0.8), ".nii.gz", "LPS"),
+    ("core02", (32, 48, 40), (1.5, 1.0, 1.2), ".npz", "RAS"),
+    ("core03", (40, 40, 48), (1.0, 1.2, 1.0), ".tif", "RAS"),
+    ("core04", (20, 52, 52), (2.0, 0.9, 0.9), "dicom", "LPS"),
+    ("core05", (36, 48, 48), (1.2, 1.0, 1.0), ".nii.gz", "RAS, labels stored LAS"),
+    ("core06", (32, 48, 48), (1.0, 1.0, 1.0), ".nii.gz", "LPS"),
+)
+#: Scans without label maps, in imagesTs/.
+CORES_TEST = (
+    ("core90", (28, 44, 44), (1.5, 1.0, 1.0), ".nii.gz", "LPS"),
+    ("core91", (36, 40, 40), (1.0, 1.0, 1.0), ".npz", "RAS"),
+)
+#: Stored label ids: 0 pore, 1 clay, 2 quartz, 3 and 4 pyrite (two kinds, merged by dataset.json),
+#: 9 mounting resin (not listed, so background).
+CORES_LABELS = {"pore": 0, "clay": 1, "quartz": 2, "pyrite": [3, 4]}
+
+
+def _oriented_affine(spacing: Sequence[float], codes: str, shape: Sequence[int]) -> np.ndarray:
+    """Affine for a grid stored with x, y, z pointing to ``codes`` (e.g. "LPS"), centred near 0."""
+    dz, dy, dx = spacing
+    signs = [1.0 if c in "RAS" else -1.0 for c in codes]
+    affine = np.diag([signs[0] * dx, signs[1] * dy, signs[2] * dz, 1.0])
+    affine[:3, 3] = [-s * n * d / 2 for s, n, d in zip(signs, shape[::-1], (dx, dy, dz), strict=True)]
+    return affine
+
+
+def make_cores_dataset(folder: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write the embedded multi-case dataset, "SandstoneCores", in the Decathlon layout.
+
+    Seven labelled micro-CT-like sandstone cores (:func:`make_sandstone` with other
+    seeds and sizes) and two unlabelled ones, in mixed formats (NIfTI, ``.npz``,
+    TIFF, a DICOM series), orientations (RAS, LPS, and one label map stored LAS for
+    a RAS image) and anisotropic spacings, with grey values in Hounsfield-like units
+    (modality CT) and a ``dataset.json`` that merges two pyrite ids and leaves the
+    resin id out. Takes about a second. Returns ``folder``.
+    """
+    from helpers.io import save_volume, write_dicom_series
+
+    root = Path(folder)
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for k, (name, shape, spacing, fmt, orient) in enumerate(CORES + CORES_TEST):
+        image, labels = make_sandstone(shape, seed=seed + 100 + k)
+        hu = np.round(image * 2000.0 - 1000.0).astype(np.int16)
+        stored = labels.copy()
+        rng = np.random.default_rng(seed + k)
+        stored[(labels == 3) & (rng.random(shape) < 0.5)] = 4
+        stored[:2, :2, :] = 9
+        affine = _oriented_affine(spacing, orient[:3], shape)
+        # the arrays are generated in RAS order; store them flipped where the axes point the other way
+        flips = tuple(2 - i for i, c in enumerate(orient[:3]) if c not in "RAS")
+        hu, stored = np.flip(hu, flips).copy(), np.flip(stored, flips).copy()
+        labelled = (name, shape, spacing, fmt, orient) in CORES
+        folder_img = root / ("imagesTr" if labelled else "imagesTs")
+        if fmt == "dicom":
+            write_dicom_series(folder_img / f"{name}_0000", hu, affine, description=name)
+        else:
+            save_volume(folder_img / f"{name}_0000{fmt}", hu, affine=affine)
+        if not labelled:
+            continue
+        if "labels stored LAS" in orient:
+            las = affine.copy()
+            las[:3, 3] += las[:3, 0] * (shape[2] - 1)
+            las[:3, 0] *= -1
+            save_volume(root / "labelsTr" / f"{name}.nii.gz", np.flip(stored, 2).copy(), affine=las)
+        else:
+            suffix = fmt if fmt != "dicom" else ".nii.gz"
+            save_volume(root / "labelsTr" / f"{name}{suffix}", stored, affine=affine)
+    spec = {
+        "name": "SandstoneCores",
+        "description": "Synthetic micro-CT sandstone cores in mixed formats, orientations and spacings",
+        "modality": "CT",
+        "labels": CORES_LABELS,
+        "file_ending": "mixed",
+    }
+    (root / "dataset.json").write_text(json.dumps(spec, indent=1) + "\n")
+    return root

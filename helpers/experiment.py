@@ -60,7 +60,7 @@ def prepare(params: dict[str, Any]) -> Prepared:
 
 def make_samplers(prep: Prepared, params: dict[str, Any]) -> tuple[Any, Any]:
     """Training sampler (augmented, resampled each epoch) and fixed validation sampler."""
-    from helpers.training import PatchSampler
+    from helpers.sampling import PatchSampler
 
     common = {
         "patch_size": params["patch_size"],

@@ -710,27 +710,6 @@ def check_labels(
     return np.asarray(labels).astype(dtype)
 
 
-def load_pair(
-    image_path: str | os.PathLike[str],
-    labels_path: str | os.PathLike[str],
-    n_classes: int | None = None,
-) -> tuple[Volume, np.ndarray]:
-    """Load an image and its label map, checking that they fit together.
-
-    Returns ``(image_volume, labels)`` with ``labels`` uint8 (Z, Y, X).
-    """
-    image = load_volume(image_path)
-    check_image(image.array, image_path)
-    labels = load_volume(labels_path)
-    if image.array.shape[:3] != labels.array.shape[:3]:
-        raise VolumeError(
-            labels_path,
-            f"label shape {labels.array.shape} does not match image shape {image.array.shape} "
-            f"of {image_path}",
-        )
-    return image, check_labels(labels.array, n_classes, labels_path)
-
-
 def write_dicom_series(
     folder: str | os.PathLike[str],
     array: np.ndarray,

@@ -19,6 +19,7 @@ import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
 from helpers.config import LOSSES  # noqa: E402
+from helpers.patches import as_patch_shape  # noqa: E402
 
 
 class EncoderWeightsError(RuntimeError):
@@ -88,7 +89,7 @@ def strategy_scope() -> Iterator[int]:
 def build_unet(
     n_classes: int,
     in_channels: int = 1,
-    patch_size: int = 64,
+    patch_size: int | tuple[int, int, int] = 64,
     backbone: str = "resnet18",
     encoder_weights: str | None = None,
     bn_momentum: float | None = 0.9,
@@ -101,8 +102,9 @@ def build_unet(
         1 gives a sigmoid output (binary); 2 or more a softmax over classes.
     in_channels : int
         Channels of the input volume (1 for CT/MRI grey values).
-    patch_size : int
-        Cubic input size in voxels; a multiple of 32 for the 5 down-samplings.
+    patch_size : int or 3 ints
+        Input size in voxels, cubic or (Z, Y, X); each side a multiple of 32 for
+        the 5 down-samplings, e.g. (32, 64, 96) for a thin scan.
     backbone : str
         Encoder name; "resnet18" gives about 42.6 M parameters with 4 classes.
     encoder_weights : None or "imagenet"
@@ -117,13 +119,14 @@ def build_unet(
     Returns
     -------
     keras.Model
-        Input (patch, patch, patch, in_channels) -> (patch, patch, patch, n_classes),
+        Input (pz, py, px, in_channels) -> (pz, py, px, n_classes),
         float32 probabilities even under a ``mixed_float16`` policy.
     """
     if n_classes < 1:
         raise ValueError(f"n_classes must be >= 1, got {n_classes}")
-    if patch_size % 32:
-        raise ValueError(f"patch_size must be a multiple of 32 (5 pooling steps), got {patch_size}")
+    patch = as_patch_shape(patch_size)
+    if any(p % 32 for p in patch):
+        raise ValueError(f"patch_size must be a multiple of 32 on each axis (5 poolings), got {patch_size}")
     if encoder_weights not in (None, "imagenet"):
         raise ValueError(f"encoder_weights must be None or 'imagenet', got {encoder_weights!r}")
     import segmentation_models_3D as sm
@@ -134,7 +137,7 @@ def build_unet(
     try:
         core = sm.Unet(
             backbone,
-            input_shape=(patch_size, patch_size, patch_size, enc_channels),
+            input_shape=(*patch, enc_channels),
             classes=n_classes,
             activation="linear",
             encoder_weights=encoder_weights,
@@ -151,7 +154,7 @@ def build_unet(
         for layer in core.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = bn_momentum
-    inputs = keras.Input((patch_size, patch_size, patch_size, in_channels), name="image")
+    inputs = keras.Input((*patch, in_channels), name="image")
     x = inputs
     if enc_channels != in_channels:
         x = keras.layers.Concatenate(axis=-1, name="grey_to_rgb")([inputs] * 3)
@@ -265,3 +268,30 @@ def load_model(path: str | os.PathLike[str]) -> keras.Model:
         raise ModelFileError(
             f"{path}: cannot be loaded as a Keras model ({type(err).__name__}: {err})"
         ) from err
+
+
+def default_patch_size(shape: tuple[int, int, int] | list[int], side: int = 64) -> tuple[int, int, int]:
+    """A patch (Z, Y, X) for volumes of ``shape`` with at most ``side``³ voxels, sides multiples of 32.
+
+    Axes shorter than ``side`` shrink to their length rounded up to 32, and the voxels
+    saved go to the longest axes, so a thin scan gets fewer slices and more in-plane
+    voxels instead of padding.
+
+    Example
+    -------
+    >>> default_patch_size((20, 256, 256), 64)
+    (32, 128, 64)
+    """
+    budget = side**3
+    limit = [max(32, -(-int(s) // 32) * 32) for s in shape]
+    patch = [min(side, lim) for lim in limit]
+    grown = True
+    while grown:
+        grown = False
+        for axis in sorted(range(3), key=lambda a: -int(shape[a])):
+            bigger = patch.copy()
+            bigger[axis] += 32
+            if bigger[axis] <= limit[axis] and bigger[0] * bigger[1] * bigger[2] <= budget:
+                patch, grown = bigger, True
+                break
+    return tuple(patch)  # type: ignore[return-value]

@@ -5,11 +5,26 @@ All functions are plain NumPy on (Z, Y, X) or (Z, Y, X, C) arrays.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["normalize", "percentile_clip", "remap_labels", "one_hot", "zscore"]
+__all__ = [
+    "MODALITIES",
+    "apply_normalisation",
+    "fit_normalisation",
+    "normalize",
+    "one_hot",
+    "percentile_clip",
+    "remap_labels",
+    "zscore",
+]
+
+#: Modalities a dataset may declare, and the normalisation each gets.
+MODALITIES = ("CT", "MR", "other")
+#: Foreground voxels sampled per training case for the CT statistics (as nnU-Net).
+CT_SAMPLES_PER_CASE = 100_000
 
 
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -58,3 +73,54 @@ def remap_labels(labels: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
     if present.min() < 0:
         raise ValueError("labels must be non-negative to remap")
     return lut[labels]
+
+
+def fit_normalisation(
+    images: Sequence[np.ndarray], labels: Sequence[np.ndarray], modality: str, seed: int = 0
+) -> dict[str, Any]:
+    """Intensity normalisation for a dataset, fitted once on its training cases.
+
+    CT: intensities are in calibrated Hounsfield units, so one global scheme fits
+    every scan: the foreground voxels (label > 0) of all training cases, up to
+    :data:`CT_SAMPLES_PER_CASE` per case, give the 0.5 and 99.5 percentiles to clip
+    to, and the mean and standard deviation of the clipped values (as nnU-Net does).
+    MR and other: intensities have no absolute scale, so each case is z-scored on
+    its own (the returned dict then holds no numbers).
+
+    Returns a JSON-ready dict for :func:`apply_normalisation`, to store with the
+    dataset and with each trained model so prediction uses the same numbers.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    if modality != "CT":
+        return {"scheme": "zscore-per-case", "modality": modality}
+    rng = np.random.default_rng(seed)
+    samples = []
+    for image, lab in zip(images, labels, strict=True):
+        values = np.asarray(image)[np.asarray(lab) > 0]
+        if values.size > CT_SAMPLES_PER_CASE:
+            values = rng.choice(values, CT_SAMPLES_PER_CASE, replace=False)
+        samples.append(values.astype(np.float64))
+    pooled = np.concatenate(samples) if samples else np.zeros(0)
+    if pooled.size == 0:
+        raise ValueError("CT normalisation needs foreground voxels (label > 0) in the training cases")
+    lo, hi = np.percentile(pooled, [0.5, 99.5])
+    clipped = np.clip(pooled, lo, hi)
+    return {
+        "scheme": "ct-clip-zscore",
+        "modality": modality,
+        "clip": [float(lo), float(hi)],
+        "mean": float(clipped.mean()),
+        "std": float(clipped.std()) or 1.0,
+    }
+
+
+def apply_normalisation(image: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
+    """Normalise ``image`` with :func:`fit_normalisation`'s ``stats``; float32, same shape."""
+    image = np.asarray(image, dtype=np.float32)
+    if stats.get("scheme") == "ct-clip-zscore":
+        lo, hi = stats["clip"]
+        return (np.clip(image, lo, hi) - np.float32(stats["mean"])) / np.float32(stats["std"])
+    if stats.get("scheme") == "zscore-per-case":
+        return zscore(image)
+    raise ValueError(f"unknown normalisation scheme {stats.get('scheme')!r}")

@@ -1,10 +1,8 @@
-"""Training: on-the-fly patch sampling and a resumable training loop.
+"""Training: a resumable, crash-safe training loop.
 
-Instead of cutting every patch in advance (the tutorial route), :class:`PatchSampler`
-draws random patches from the volumes at each step, a third of them centred on
-foreground, with flips and 90-degree rotations. :func:`train` runs Adam in a
-locked run folder (:mod:`helpers.runs`) and commits every finished epoch, so a
-killed kernel resumes from the last finished epoch and loses nothing.
+:func:`train` runs Adam on a :class:`helpers.sampling.PatchSampler` in a locked run
+folder (:mod:`helpers.runs`) and commits every finished epoch, so a killed kernel
+resumes from the last finished epoch and loses nothing.
 """
 
 from __future__ import annotations
@@ -20,10 +18,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from helpers.io import atomic_path, check_image, check_labels, write_text_atomic
+from helpers.io import atomic_path, write_text_atomic
 from helpers.model import SegmentationLoss, iou_metrics, strategy_scope
-from helpers.patches import as_patch_shape, pad_to_patch
-from helpers.preprocessing import one_hot
 from helpers.runs import (
     Commit,
     RunFolderError,
@@ -37,166 +33,7 @@ from helpers.runs import (
     weights_path,
     write_commit,
 )
-
-MAX_CANDIDATES = 2_000_000
-
-
-class PatchSampler(keras.utils.PyDataset):
-    """Random training patches drawn on the fly from an image and its label map.
-
-    Parameters
-    ----------
-    image : ndarray or np.memmap, (Z, Y, X) or (Z, Y, X, C)
-        Intensities, already normalised; converted to float32 patch by patch.
-    labels : ndarray or np.memmap, (Z, Y, X) of class indices
-    patch_size : int or 3 ints
-        Patch shape in voxels. Axes shorter than it are zero-padded.
-    batch_size, steps_per_epoch : int
-        Patches per batch; batches per epoch (``len(sampler)``).
-    foreground_fraction : float
-        Share of patches centred on a random voxel whose label is not
-        ``background``; the candidate voxels are computed once (at most
-        2 million, subsampled).
-    augment : bool
-        Random flips on each axis and 90-degree rotations in the planes whose
-        two sides are equal, applied identically to image and labels.
-    seed : int
-        Batches depend only on (seed, epoch, index): reproducible, also with workers.
-    n_classes : int, optional
-        Width of the one-hot labels (default: ``labels.max() + 1``); 1 gives a
-        single 0/1 channel for a sigmoid model.
-    resample_each_epoch : bool
-        False gives the same batches every epoch (use it for validation).
-    **kwargs
-        ``workers``, ``use_multiprocessing``, ``max_queue_size`` for Keras.
-
-    Each item is ``(x, y)``: x float32 (B, pz, py, px, C), y float32 one-hot
-    (B, pz, py, px, n_classes).
-    """
-
-    def __init__(
-        self,
-        image: np.ndarray,
-        labels: np.ndarray,
-        patch_size: int | Sequence[int],
-        batch_size: int,
-        steps_per_epoch: int,
-        foreground_fraction: float = 0.33,
-        augment: bool = True,
-        seed: int = 0,
-        n_classes: int | None = None,
-        background: int = 0,
-        resample_each_epoch: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        image = check_image(image, "image")
-        if getattr(labels, "shape", None) != image.shape[:3]:
-            raise ValueError(
-                f"labels shape {getattr(labels, 'shape', None)} differs from image shape {image.shape[:3]}"
-            )
-        for name, value in (("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if n_classes is not None and (
-            isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1
-        ):
-            raise ValueError(f"n_classes must be an integer >= 1, got {n_classes!r}")
-        if not isinstance(foreground_fraction, (int, float)) or not 0 <= foreground_fraction <= 1:
-            raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction!r}")
-        labels = check_labels(labels, None if n_classes in (None, 1) else n_classes, "labels", convert=False)
-        self.patch = as_patch_shape(patch_size)
-        self.image, _ = pad_to_patch(image, self.patch)
-        self.labels, _ = pad_to_patch(labels, self.patch)
-        self.n_classes = int(n_classes) if n_classes is not None else int(labels.max()) + 1
-        self.batch_size, self.steps = int(batch_size), int(steps_per_epoch)
-        self.foreground_fraction, self.augment = foreground_fraction, augment
-        self.seed, self.epoch, self.resample = int(seed), 0, resample_each_epoch
-        self.candidates = foreground_candidates(self.labels, background, MAX_CANDIDATES, self.seed)
-        self.channels = 1 if image.ndim == 3 else image.shape[3]
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def on_epoch_end(self) -> None:
-        if self.resample:
-            self.epoch += 1
-
-    def _start(self, rng: np.random.Generator) -> tuple[int, int, int]:
-        shape = self.labels.shape
-        if len(self.candidates) and rng.random() < self.foreground_fraction:
-            centre = np.unravel_index(self.candidates[rng.integers(len(self.candidates))], shape)
-            return tuple(  # type: ignore[return-value]
-                int(min(max(c - p // 2, 0), s - p)) for c, p, s in zip(centre, self.patch, shape, strict=True)
-            )
-        return tuple(int(rng.integers(0, s - p + 1)) for p, s in zip(self.patch, shape, strict=True))  # type: ignore[return-value]
-
-    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Batch ``index`` of the current epoch as (x, labels uint8) before one-hot encoding."""
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        x = np.empty((self.batch_size, *self.patch, self.channels), dtype=np.float32)
-        y = np.empty((self.batch_size, *self.patch), dtype=np.uint8)
-        for b in range(self.batch_size):
-            z0, y0, x0 = self._start(rng)
-            win = (
-                slice(z0, z0 + self.patch[0]),
-                slice(y0, y0 + self.patch[1]),
-                slice(x0, x0 + self.patch[2]),
-            )
-            img = np.asarray(self.image[win], dtype=np.float32)
-            lab = np.asarray(self.labels[win])
-            if img.ndim == 3:
-                img = img[..., None]
-            if self.augment:
-                img, lab = augment_patch(img, lab, rng)
-            x[b], y[b] = img, lab
-        return x, y
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        x, y = self.sample(index)
-        if self.n_classes == 1:
-            return x, (y > 0).astype(np.float32)[..., None]
-        return x, one_hot(y, self.n_classes)
-
-
-def foreground_candidates(
-    labels: np.ndarray, background: int = 0, limit: int = MAX_CANDIDATES, seed: int = 0, chunk: int = 16
-) -> np.ndarray:
-    """Flat indices of up to ``limit`` voxels whose label is not ``background``, int64, sorted.
-
-    Reads ``labels`` (an array or memmap) ``chunk`` Z slices at a time, so a large
-    memmap is never loaded whole. Above ``limit`` each chunk keeps its share, drawn at random.
-    """
-    counts = [
-        int(np.count_nonzero(labels[z : z + chunk] != background)) for z in range(0, labels.shape[0], chunk)
-    ]
-    total = sum(counts)
-    rng = np.random.default_rng([seed, 2**31])
-    plane = int(np.prod(labels.shape[1:]))
-    parts = []
-    for i, z in enumerate(range(0, labels.shape[0], chunk)):
-        if not counts[i]:
-            continue
-        idx = np.flatnonzero(np.asarray(labels[z : z + chunk]).ravel() != background) + z * plane
-        if total > limit:
-            idx = np.sort(rng.choice(idx, round(limit * counts[i] / total), replace=False))
-        parts.append(idx)
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
-def augment_patch(
-    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random flips and a 90-degree rotation, the same for image (Z, Y, X, C) and labels (Z, Y, X)."""
-    for axis in range(3):
-        if rng.random() < 0.5:
-            image, labels = np.flip(image, axis), np.flip(labels, axis)
-    planes = [(a, b) for a, b in ((0, 1), (0, 2), (1, 2)) if labels.shape[a] == labels.shape[b]]
-    if planes:
-        plane = planes[rng.integers(len(planes))]
-        k = int(rng.integers(4))
-        image, labels = np.rot90(image, k, plane), np.rot90(labels, k, plane)
-    return image, labels
+from helpers.sampling import PatchSampler
 
 
 def inference_copy(model: keras.Model) -> keras.Model:

@@ -5,8 +5,6 @@ must raise a ``ValueError`` (or subclass) whose message contains ``names`` (the
 argument or the file) and every word of ``reason``. ``tests/test_bad_inputs.py``
 asserts that for every case; ``scripts/probe_bad_inputs.py`` runs the same table
 on any checkout and counts clear / wrong-reason / silent / deep answers.
-Only functions that existed before the cases were written are called, so old code
-can be probed too.
 """
 
 from __future__ import annotations
@@ -235,7 +233,7 @@ def _keras_patch_mismatch(tmp: Path) -> tuple[Call, str]:
 
 def _sampler(image: Any, labels: Any, name: str, **kwargs: Any) -> Callable[[Path], tuple[Call, str]]:
     def make(tmp: Path) -> tuple[Call, str]:
-        from helpers.training import PatchSampler
+        from helpers.sampling import PatchSampler
 
         args = {"patch_size": 8, "batch_size": 2, "steps_per_epoch": 2, "n_classes": 3, **kwargs}
         return (lambda: PatchSampler(image, labels, **args)), name
@@ -281,7 +279,8 @@ def _train_epochs(epochs: Any) -> Callable[[Path], tuple[Call, str]]:
     def make(tmp: Path) -> tuple[Call, str]:
         import keras
 
-        from helpers.training import PatchSampler, train
+        from helpers.sampling import PatchSampler
+        from helpers.training import train
 
         labels = np.zeros((16, 16, 16), np.uint8)
         data = PatchSampler(labels.astype(np.float32), labels, 16, 1, 1, n_classes=2)

@@ -14,7 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from helpers.training import PatchSampler, train  # noqa: E402
+from helpers.sampling import PatchSampler
+from helpers.training import train  # noqa: E402
 
 
 class Report(keras.callbacks.Callback):

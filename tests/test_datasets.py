@@ -12,7 +12,7 @@ from helpers.datasets import (
     spatial_split,
 )
 from helpers.experiment import evaluate, multiotsu_baseline
-from helpers.training import PatchSampler
+from helpers.sampling import PatchSampler
 
 
 @pytest.fixture(scope="module")

@@ -96,7 +96,8 @@ def kill_then_resume(run_dir: Path, moment: float) -> tuple[int, bool, list[int]
 def test_second_training_on_a_busy_folder_fails_at_once(tmp_path):
     from fault_worker import tiny_model
 
-    from helpers.training import PatchSampler, train
+    from helpers.sampling import PatchSampler
+    from helpers.training import train
 
     run_dir = tmp_path / "run"
     first = start(run_dir)

@@ -9,13 +9,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from helpers.geometry import load_pair
 from helpers.io import (
     Volume,
     VolumeError,
     check_image,
     check_labels,
     crop_affine,
-    load_pair,
     load_volume,
     save_volume,
     write_dicom_series,
@@ -317,7 +317,7 @@ def test_image_label_shape_mismatch(tmp_path):
     lab = save_volume(tmp_path / "lab.nii.gz", np.zeros((4, 5, 7), np.uint8))
     with pytest.raises(VolumeError) as err:
         load_pair(img, lab)
-    assert_names(err, lab, "does not match", str(img))
+    assert_names(err, lab, "different grid", str(img), "(4, 5, 7)", "(4, 5, 6)")
 
 
 @pytest.mark.parametrize(

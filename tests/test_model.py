@@ -110,3 +110,27 @@ def test_saved_model_loads_in_safe_mode_and_predicts_a_volume(tmp_path, small_mo
     a = predict_volume(loaded, v, 32, 0.5, 2, output="labels", progress=False)
     b = predict_volume(small_model, v, 32, 0.5, 2, output="labels", progress=False)
     assert a.shape == v.shape and np.array_equal(a, b)
+
+
+def test_anisotropic_patch_builds_the_same_network():
+    model = build_unet(4, patch_size=(32, 64, 96))
+    assert model.input_shape == (None, 32, 64, 96, 1) and model.output_shape == (None, 32, 64, 96, 4)
+    assert abs(count_parameters(model) - 42.6e6) < 0.5e6
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_unet(4, patch_size=(32, 48, 64))
+
+
+@pytest.mark.parametrize(
+    ("shape", "side", "patch"),
+    [
+        ((20, 256, 256), 64, (32, 128, 64)),  # a thin CT: fewer slices, more in-plane voxels
+        ((300, 300, 300), 64, (64, 64, 64)),
+        ((33, 48, 48), 32, (32, 32, 32)),
+        ((40, 100, 30), 64, (64, 128, 32)),
+    ],
+)
+def test_default_patch_follows_the_shape(shape, side, patch):
+    from helpers.model import default_patch_size
+
+    assert default_patch_size(shape, side) == patch
+    assert np.prod(patch) <= side**3 and all(p % 32 == 0 for p in patch)

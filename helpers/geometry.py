@@ -1,0 +1,240 @@
+"""Geometry: put label maps on their image's grid, reorient, resample, and invert it all.
+
+Arrays are ``[z, y, x]`` and affines map ``(x, y, z, 1)`` to world RAS+ mm, as in
+:mod:`helpers.io`. Reorientation uses nibabel's orientation tools on the (x, y, z)
+view of the array; resampling uses ``scipy.ndimage.zoom`` in grid mode, where the
+voxel grid's outer edges stay fixed, so resampling to a spacing and back to the
+native shape returns exactly the native grid and affine.
+
+Interpolation: images are linear (order 1). Label maps are resampled per class,
+linearly, then argmaxed (as nnU-Net does): nearest neighbour shifts thin
+structures by up to half a voxel at each step, and a round trip through a coarser
+grid loses more of them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations as ornt
+from scipy import ndimage as ndi
+
+from helpers.io import Volume, VolumeError, check_affine, check_image, check_labels, load_volume
+
+Spacing = tuple[float, float, float]
+
+
+def describe_grid(volume: Volume) -> str:
+    """ "shape (Z, Y, X), spacing (dz, dy, dx) mm, orientation RAS" for error messages."""
+    codes = "".join(nib.aff2axcodes(volume.affine))
+    spacing = ", ".join(f"{s:.3g}" for s in volume.spacing)
+    return f"shape {volume.shape[:3]}, spacing ({spacing}) mm, orientation {codes}"
+
+
+def voxel_to_voxel(source_affine: np.ndarray, target_affine: np.ndarray) -> np.ndarray:
+    """4x4 matrix taking (x, y, z, 1) voxel indices of ``target`` to those of ``source``."""
+    return np.linalg.inv(source_affine) @ target_affine
+
+
+def align_to(image: Volume, labels: Volume, atol: float = 1e-3) -> np.ndarray:
+    """``labels.array`` reoriented onto ``image``'s voxel grid, (Z, Y, X).
+
+    The label map must describe the same grid in world space, possibly stored with
+    its axes flipped or permuted (one converter writes LAS, another LPS). Its
+    voxel-to-voxel map onto the image must then be a signed permutation with whole-
+    voxel offsets; anything else is a different grid and is refused, never resampled.
+
+    Raises
+    ------
+    VolumeError
+        Naming both files, with both shapes, spacings and orientation codes.
+    """
+    m = voxel_to_voxel(labels.affine, image.affine)
+    rot, shift = m[:3, :3], m[:3, 3]
+    perm = np.round(rot)
+    shape_xyz = np.array(image.shape[:3][::-1])
+    ok = np.allclose(rot, perm, atol=atol) and np.allclose(shift, np.round(shift), atol=atol)
+    ok = ok and np.all(np.abs(perm).sum(axis=0) == 1) and np.all(np.abs(perm).sum(axis=1) == 1)
+    if ok:
+        corners = np.array([[0, 0, 0], shape_xyz - 1]).T
+        mapped = perm @ corners + np.round(shift)[:, None]
+        label_xyz = np.array(labels.shape[:3][::-1])
+        ok = bool(np.all(mapped >= 0) and np.all(mapped.max(axis=1) < label_xyz))
+        ok = ok and np.array_equal(np.sort(np.abs(perm) @ label_xyz), np.sort(shape_xyz))
+    if not ok:
+        raise VolumeError(
+            labels.path,
+            f"label map is on a different grid from its image {image.path}: labels {describe_grid(labels)}; "
+            f"image {describe_grid(image)}. Labels are never resampled silently: "
+            "export them on the image's grid",
+        )
+    # (x, y, z) image index -> label index along each axis: label axis j = sign * image axis i + offset
+    data = labels.array[..., 0] if labels.array.ndim == 4 else labels.array
+    xyz = np.transpose(data, (2, 1, 0))
+    src_axis = [int(np.argmax(np.abs(perm[j]))) for j in range(3)]  # label axis j comes from image axis
+    order = [src_axis.index(i) for i in range(3)]  # for image axis i, the label axis
+    out = np.transpose(xyz, order)
+    for i in range(3):
+        j = order[i]
+        if perm[j, i] < 0:
+            out = np.flip(out, axis=i)
+    return np.ascontiguousarray(np.transpose(out, (2, 1, 0)))
+
+
+def reorient(volume: Volume, codes: str = "RAS") -> tuple[Volume, np.ndarray]:
+    """``volume`` with its axes flipped and permuted so that x, y, z point to ``codes``.
+
+    Returns ``(reoriented, transform)``; ``transform`` is the nibabel orientation
+    array that :func:`undo_reorient` needs to go back.
+    """
+    current = ornt.io_orientation(volume.affine)
+    target = ornt.axcodes2ornt(tuple(codes))
+    transform = ornt.ornt_transform(current, target)
+    xyz = np.moveaxis(volume.array, (0, 1, 2), (2, 1, 0))
+    shape_xyz = xyz.shape[:3]
+    out = ornt.apply_orientation(xyz, transform)
+    affine = volume.affine @ ornt.inv_ornt_aff(transform, shape_xyz)
+    array = np.ascontiguousarray(np.moveaxis(out, (0, 1, 2), (2, 1, 0)))
+    return Volume(array, affine, volume.source_format, volume.path, dict(volume.meta)), transform
+
+
+def undo_reorient(array: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`reorient` for an array on the reoriented grid (Z, Y, X[, C])."""
+    xyz = np.moveaxis(array, (0, 1, 2), (2, 1, 0))
+    back = ornt.apply_orientation(xyz, _invert_ornt(transform))
+    return np.ascontiguousarray(np.moveaxis(back, (0, 1, 2), (2, 1, 0)))
+
+
+def _invert_ornt(transform: np.ndarray) -> np.ndarray:
+    """The orientation transform that undoes ``transform`` (whose row i sends axis i to axis k)."""
+    inverse = np.zeros_like(transform)
+    for i, (k, flip) in enumerate(transform):
+        inverse[int(k)] = [i, flip]
+    return inverse
+
+
+def check_spacing(spacing: Sequence[float], name: str = "target_spacing") -> Spacing:
+    """Return ``spacing`` as 3 positive finite floats (Z, Y, X) in mm, or raise VolumeError."""
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise VolumeError(name, f"must be 3 numbers (Z, Y, X) in mm, got {spacing!r}") from None
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise VolumeError(name, f"must be 3 numbers > 0 (Z, Y, X) in mm, got {spacing!r}")
+    return values  # type: ignore[return-value]
+
+
+def resampled_shape(
+    shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]
+) -> tuple[int, ...]:
+    """Shape (Z, Y, X) of a grid covering the same extent at ``target`` spacing (at least 1 voxel)."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape[:3], spacing, target, strict=True))
+
+
+def grid_affine(affine: np.ndarray, shape: Sequence[int], new_shape: Sequence[int]) -> np.ndarray:
+    """Affine of a grid with ``new_shape`` voxels spanning the same box as ``shape`` (grid mode)."""
+    scale_xyz = np.array([s / n for s, n in zip(shape[:3][::-1], new_shape[:3][::-1], strict=True)])
+    step = np.eye(4)
+    step[:3, :3] = np.diag(scale_xyz)
+    step[:3, 3] = (scale_xyz - 1) / 2  # voxel centres move with the voxel size; the edges stay
+    return check_affine(affine) @ step
+
+
+def resize(
+    array: np.ndarray, shape: Sequence[int], labels: bool = False, n_classes: int | None = None
+) -> np.ndarray:
+    """Resample ``array`` (Z, Y, X[, C]) to the spatial ``shape`` over the same box.
+
+    Images: linear interpolation, float32. ``labels=True``: each class's indicator is
+    interpolated linearly and the argmax taken, uint8 (classes 0..n_classes-1).
+    """
+    shape = tuple(int(s) for s in shape[:3])
+    if tuple(array.shape[:3]) == shape:
+        return array.copy() if not labels else array.astype(np.uint8)
+    factors = [n / s for n, s in zip(shape, array.shape[:3], strict=True)]
+    if labels:
+        n = int(n_classes if n_classes is not None else int(array.max()) + 1)
+        best = np.full(shape, -1.0, np.float32)
+        out = np.zeros(shape, np.uint8)
+        for c in range(n):
+            score = ndi.zoom(
+                (array == c).astype(np.float32), factors, order=1, mode="nearest", grid_mode=True
+            )
+            better = score > best
+            out[better], best[better] = c, score[better]
+        return out
+    data = np.asarray(array, dtype=np.float32)
+    if data.ndim == 4:
+        return np.stack([resize(data[..., c], shape) for c in range(data.shape[3])], axis=-1)
+    return ndi.zoom(data, factors, order=1, mode="nearest", grid_mode=True)
+
+
+@dataclass
+class Resampling:
+    """How one scan was brought to the working grid, and how to go back.
+
+    ``native_shape`` and ``native_affine`` describe the scan as stored; ``transform``
+    reorients it to RAS, giving ``oriented_shape``; ``shape`` and ``affine`` are the
+    working grid at the target spacing.
+    """
+
+    native_shape: tuple[int, int, int]
+    native_affine: np.ndarray
+    transform: np.ndarray
+    oriented_shape: tuple[int, int, int]
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    def invert(self, array: np.ndarray, labels: bool = True, n_classes: int | None = None) -> np.ndarray:
+        """Bring an array on the working grid back to the native grid (shape and orientation).
+
+        ``labels=True`` for a label map (per-class linear, then argmax); False for
+        probabilities or intensities (linear per channel). The result lies on
+        ``native_shape`` with ``native_affine``.
+        """
+        if tuple(array.shape[:3]) != self.shape:
+            raise ValueError(f"array shape {array.shape[:3]} is not the working grid {self.shape}")
+        back = resize(array, self.oriented_shape, labels=labels, n_classes=n_classes)
+        return undo_reorient(back, self.transform)
+
+
+def to_working_grid(
+    volume: Volume, target_spacing: Sequence[float] | None, labels: bool = False, n_classes: int | None = None
+) -> tuple[Volume, Resampling]:
+    """Reorient ``volume`` to RAS and resample it to ``target_spacing`` (Z, Y, X mm; None keeps it).
+
+    Returns the volume on the working grid and the :class:`Resampling` that inverts it.
+    """
+    native_shape = tuple(int(s) for s in volume.shape[:3])
+    oriented, transform = reorient(volume)
+    target = oriented.spacing if target_spacing is None else check_spacing(target_spacing)
+    shape = resampled_shape(oriented.shape, oriented.spacing, target)
+    array = resize(oriented.array, shape, labels=labels, n_classes=n_classes)
+    affine = grid_affine(oriented.affine, oriented.shape, shape)
+    out = Volume(array, affine, volume.source_format, volume.path, dict(volume.meta))
+    record = Resampling(native_shape, volume.affine.copy(), transform, oriented.shape[:3], shape, affine)  # type: ignore[arg-type]
+    return out, record
+
+
+def load_pair(
+    image_path: str | os.PathLike[str],
+    labels_path: str | os.PathLike[str],
+    n_classes: int | None = None,
+) -> tuple[Volume, np.ndarray]:
+    """Load an image and its label map, with the labels put on the image's voxel grid.
+
+    A label map stored in another orientation of the same grid is reoriented
+    (:func:`align_to`); one on a different grid raises :class:`helpers.io.VolumeError`
+    naming both files. Returns ``(image_volume, labels)`` with ``labels`` (Z, Y, X)
+    uint8 (or a wider integer type above 255 classes).
+    """
+    image = load_volume(image_path)
+    check_image(image.array, image_path)
+    labels = load_volume(labels_path)
+    if labels.array.ndim == 4 and labels.array.shape[3] != 1:
+        raise VolumeError(labels_path, f"label map has {labels.array.shape[3]} channels; expected one")
+    return image, check_labels(align_to(image, labels), n_classes, labels_path)

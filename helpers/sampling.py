@@ -1,0 +1,243 @@
+"""On-the-fly patch sampling across cases, with class-balanced foreground oversampling.
+
+Instead of cutting every patch in advance (the tutorial route), :class:`PatchSampler`
+draws random patches from one or several volumes at each step, with flips and
+90-degree rotations.
+
+- **Which case:** uniformly. The test score is a mean over cases, so each case
+  counts the same, whatever its size (nnU-Net samples cases uniformly too).
+- **Where:** a share ``foreground_fraction`` of the patches is centred on a voxel of
+  a foreground class chosen uniformly among the classes present, then on a case
+  holding it, so a rare class (the sandstone's pyrite, under 1 % of voxels) is the
+  centre of as many patches as a common one. The rest are placed uniformly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from helpers.io import check_image, check_labels
+from helpers.patches import as_patch_shape, pad_to_patch
+from helpers.preprocessing import one_hot
+
+#: Candidate centre voxels kept per class and case (subsampled above it).
+MAX_CANDIDATES = 500_000
+
+
+def class_candidates(
+    labels: np.ndarray,
+    classes: Sequence[int],
+    limit: int = MAX_CANDIDATES,
+    seed: int = 0,
+    chunk: int = 16,
+) -> dict[int, np.ndarray]:
+    """Flat indices (int64, sorted) of the voxels of each class in ``classes``, at most ``limit`` each.
+
+    Reads ``labels`` (an array or memmap) ``chunk`` Z slices at a time, so a large
+    memmap is never loaded whole. Above ``limit`` each chunk keeps its share of the
+    class, drawn at random with ``seed``. Classes with no voxel are left out.
+    """
+    plane = int(np.prod(labels.shape[1:]))
+    starts = range(0, labels.shape[0], chunk)
+    counts = {c: [] for c in classes}
+    for z in starts:
+        block = np.asarray(labels[z : z + chunk])
+        for c in classes:
+            counts[c].append(int(np.count_nonzero(block == c)))
+    rng = np.random.default_rng([seed, 2**31])
+    parts: dict[int, list[np.ndarray]] = {c: [] for c in classes if sum(counts[c])}
+    for i, z in enumerate(starts):
+        wanted = [c for c in parts if counts[c][i]]
+        if not wanted:
+            continue
+        flat = np.asarray(labels[z : z + chunk]).ravel()
+        for c in wanted:
+            idx = np.flatnonzero(flat == c) + z * plane
+            total = sum(counts[c])
+            if total > limit:
+                idx = np.sort(rng.choice(idx, round(limit * counts[c][i] / total), replace=False))
+            parts[c].append(idx)
+    return {c: np.concatenate(p) for c, p in parts.items() if sum(len(a) for a in p)}
+
+
+def augment_patch(
+    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random flips and a 90-degree rotation, the same for image (Z, Y, X, C) and labels (Z, Y, X)."""
+    for axis in range(3):
+        if rng.random() < 0.5:
+            image, labels = np.flip(image, axis), np.flip(labels, axis)
+    planes = [(a, b) for a, b in ((0, 1), (0, 2), (1, 2)) if labels.shape[a] == labels.shape[b]]
+    if planes:
+        plane = planes[rng.integers(len(planes))]
+        k = int(rng.integers(4))
+        image, labels = np.rot90(image, k, plane), np.rot90(labels, k, plane)
+    return image, labels
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+class PatchSampler(keras.utils.PyDataset):
+    """Random training patches drawn on the fly from images and their label maps.
+
+    Parameters
+    ----------
+    image : ndarray or memmap (Z, Y, X) or (Z, Y, X, C), or a list of them (one per case)
+        Intensities, already normalised; converted to float32 patch by patch.
+    labels : ndarray or memmap (Z, Y, X) of class indices, or a list matching ``image``
+    patch_size : int or 3 ints
+        Patch shape in voxels, (Z, Y, X). Cases shorter than it along an axis are
+        zero-padded (with a warning naming the case).
+    batch_size, steps_per_epoch : int
+        Patches per batch; batches per epoch (``len(sampler)``).
+    foreground_fraction : float
+        Share of patches centred on a voxel of a foreground class, the class chosen
+        uniformly among those present (see the module docstring). Use 0 for an
+        unbiased validation sample.
+    augment : bool
+        Random flips on each axis and 90-degree rotations in the planes whose
+        two sides are equal, applied identically to image and labels.
+    seed : int
+        Batches depend only on (seed, epoch, index): reproducible, also with workers.
+    n_classes : int, optional
+        Width of the one-hot labels (default: the largest label + 1); 1 gives a
+        single 0/1 channel for a sigmoid model. Labels are checked against it.
+    background : int
+        The class never used as a foreground centre.
+    resample_each_epoch : bool
+        False gives the same batches every epoch (use it for validation).
+    names : list of str, optional
+        Case names, for messages.
+    **kwargs
+        ``workers``, ``use_multiprocessing``, ``max_queue_size`` for Keras.
+
+    Each item is ``(x, y)``: x float32 (B, pz, py, px, C), y float32 one-hot
+    (B, pz, py, px, n_classes).
+    """
+
+    def __init__(
+        self,
+        image: np.ndarray | Sequence[np.ndarray],
+        labels: np.ndarray | Sequence[np.ndarray],
+        patch_size: int | Sequence[int],
+        batch_size: int,
+        steps_per_epoch: int,
+        foreground_fraction: float = 0.33,
+        augment: bool = True,
+        seed: int = 0,
+        n_classes: int | None = None,
+        background: int = 0,
+        resample_each_epoch: bool = True,
+        names: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        label_maps = list(labels) if isinstance(labels, (list, tuple)) else [labels]
+        if not images or len(images) != len(label_maps):
+            raise ValueError(
+                f"image and labels must be lists of equal length, got {len(images)} and {len(label_maps)}"
+            )
+        names = [str(n) for n in names] if names is not None else [f"case {i}" for i in range(len(images))]
+        self.batch_size = _check_count("batch_size", batch_size)
+        self.steps = _check_count("steps_per_epoch", steps_per_epoch)
+        if n_classes is not None:
+            n_classes = _check_count("n_classes", n_classes)
+        if not isinstance(foreground_fraction, (int, float)) or not 0 <= foreground_fraction <= 1:
+            raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction!r}")
+        self.patch = as_patch_shape(patch_size)
+        self.images, self.labels = [], []
+        for name, img, lab in zip(names, images, label_maps, strict=True):
+            where = "image" if len(images) == 1 else f"image of {name}"
+            img = check_image(img, where)
+            if getattr(lab, "shape", None) != img.shape[:3]:
+                raise ValueError(
+                    f"labels shape {getattr(lab, 'shape', None)} differs from image shape {img.shape[:3]}"
+                    + ("" if len(images) == 1 else f" in {name}")
+                )
+            lab = check_labels(lab, None if n_classes in (None, 1) else n_classes, "labels", convert=False)
+            short = [a for a, (s, p) in enumerate(zip(img.shape[:3], self.patch, strict=True)) if s < p]
+            if short:
+                warnings.warn(
+                    f"{name}: shape {img.shape[:3]} is smaller than the patch {self.patch} along axes "
+                    f"{short} (Z=0, Y=1, X=2); it is zero-padded",
+                    stacklevel=2,
+                )
+            self.images.append(pad_to_patch(img, self.patch)[0])
+            self.labels.append(pad_to_patch(lab, self.patch)[0])
+        self.names = names
+        channels = {1 if i.ndim == 3 else i.shape[3] for i in self.images}
+        if len(channels) != 1:
+            raise ValueError(f"all images must have the same number of channels, got {sorted(channels)}")
+        self.channels = channels.pop()
+        self.n_classes = n_classes or max(int(np.asarray(lab).max()) for lab in self.labels) + 1
+        self.foreground_fraction, self.augment = float(foreground_fraction), augment
+        self.seed, self.epoch, self.resample = int(seed), 0, resample_each_epoch
+        foreground = [c for c in range(max(self.n_classes, 2)) if c != background]
+        self.candidates = [
+            class_candidates(lab, foreground, seed=self.seed + k) for k, lab in enumerate(self.labels)
+        ]
+        self.classes = sorted({c for cand in self.candidates for c in cand})
+        self.cases_with = {
+            c: [k for k, cand in enumerate(self.candidates) if c in cand] for c in self.classes
+        }
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def on_epoch_end(self) -> None:
+        if self.resample:
+            self.epoch += 1
+
+    def _start(self, rng: np.random.Generator) -> tuple[int, tuple[int, int, int]]:
+        """(case index, patch start) for one patch."""
+        if self.classes and rng.random() < self.foreground_fraction:
+            cls = self.classes[rng.integers(len(self.classes))]
+            holders = self.cases_with[cls]
+            k = holders[rng.integers(len(holders))]
+            cand = self.candidates[k][cls]
+            shape = self.labels[k].shape
+            centre = np.unravel_index(cand[rng.integers(len(cand))], shape)
+            start = tuple(
+                int(min(max(c - p // 2, 0), s - p)) for c, p, s in zip(centre, self.patch, shape, strict=True)
+            )
+            return k, start  # type: ignore[return-value]
+        k = int(rng.integers(len(self.labels)))
+        shape = self.labels[k].shape
+        return k, tuple(int(rng.integers(0, s - p + 1)) for p, s in zip(self.patch, shape, strict=True))  # type: ignore[return-value]
+
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``index`` of the current epoch as (x, labels uint8) before one-hot encoding."""
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        x = np.empty((self.batch_size, *self.patch, self.channels), dtype=np.float32)
+        y = np.empty((self.batch_size, *self.patch), dtype=np.uint8)
+        for b in range(self.batch_size):
+            k, (z0, y0, x0) = self._start(rng)
+            win = (
+                slice(z0, z0 + self.patch[0]),
+                slice(y0, y0 + self.patch[1]),
+                slice(x0, x0 + self.patch[2]),
+            )
+            img = np.asarray(self.images[k][win], dtype=np.float32)
+            lab = np.asarray(self.labels[k][win])
+            if img.ndim == 3:
+                img = img[..., None]
+            if self.augment:
+                img, lab = augment_patch(img, lab, rng)
+            x[b], y[b] = img, lab
+        return x, y
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        x, y = self.sample(index)
+        if self.n_classes == 1:
+            return x, (y > 0).astype(np.float32)[..., None]
+        return x, one_hot(y, self.n_classes)

@@ -1,0 +1,224 @@
+"""Issue 9: a folder of labelled scans, aligned, resampled, normalised, split by case."""
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from helpers.datasets import CORES, DatasetError, make_cores_dataset, open_dataset
+from helpers.preprocessing import fit_normalisation
+from helpers.splits import SplitError, load_or_make_split, split_cases
+
+
+@pytest.fixture(scope="module")
+def cores_root(tmp_path_factory):
+    return make_cores_dataset(tmp_path_factory.mktemp("cores") / "SandstoneCores")
+
+
+@pytest.fixture(scope="module")
+def cores(cores_root):
+    return open_dataset(cores_root)
+
+
+@pytest.fixture
+def copy(cores_root, tmp_path):
+    target = tmp_path / "ds"
+    shutil.copytree(cores_root, target)
+    return target
+
+
+def test_cores_come_aligned_resampled_and_normalised(cores):
+    assert cores.name == "SandstoneCores" and cores.modality == "CT"
+    assert cores.class_names == ("pore", "clay", "quartz", "pyrite") and cores.label_ids[3] == [3, 4]
+    assert len(cores.cases) == len(CORES) and len(cores.unlabelled) == 2
+    spacings = np.array([s for _, _, s, _, _ in CORES])
+    assert np.allclose(cores.target_spacing, np.median(spacings, axis=0))
+    for case in cores.cases:
+        assert nib.aff2axcodes(case.affine) == ("R", "A", "S")
+        assert np.allclose(np.linalg.norm(case.affine[:3, :3], axis=0)[::-1], cores.target_spacing, rtol=0.08)
+        assert case.image.dtype == np.float32 and case.labels.dtype == np.uint8
+        assert set(np.unique(case.labels)) <= {0, 1, 2, 3}
+        means = [case.image[case.labels == c].mean() for c in range(4)]
+        assert means == sorted(means), (case.name, means)  # pore < clay < quartz < pyrite: aligned
+    assert cores.normalisation["scheme"] == "ct-clip-zscore"
+
+
+def test_ct_normalisation_is_fitted_on_the_training_cases_only(cores_root, cores):
+    from helpers.geometry import to_working_grid
+    from helpers.io import load_volume
+
+    raw_images, raw_labels = [], []
+    for case in cores.cases:
+        if case.name in cores.split["train"]:
+            work, _ = to_working_grid(load_volume(case.image_path), cores.target_spacing)
+            raw_images.append(work.array)
+            raw_labels.append(case.labels)
+    expected = fit_normalisation(raw_images, raw_labels, "CT")
+    assert expected == cores.normalisation
+
+
+def test_flipped_label_map_lands_on_the_image_in_world_space(cores):
+    case = cores.case("core05")
+    image, stored = nib.load(case.image_path), nib.load(case.labels_path)
+    assert nib.aff2axcodes(stored.affine) != nib.aff2axcodes(image.affine)  # stored LAS for a RAS image
+    lab, grey = np.asarray(stored.dataobj), np.asarray(image.dataobj)
+
+    def mean_grey(ids, use_affines=True):
+        ijk = np.argwhere(np.isin(lab, ids))  # (i, j, k) voxels of the stored label map
+        if use_affines:
+            world = stored.affine @ np.c_[ijk, np.ones(len(ijk))].T
+            ijk = np.round(np.linalg.inv(image.affine) @ world).astype(int)[:3].T
+        return grey[ijk[:, 0], ijk[:, 1], ijk[:, 2]].mean()
+
+    classes = ([0], [1], [2], [3, 4])  # pore < clay < quartz < pyrite in grey value
+    through_affines = [mean_grey(ids) for ids in classes]
+    assert through_affines == sorted(through_affines)
+    assert through_affines[2] - through_affines[0] > 800
+    by_index = [mean_grey(ids, use_affines=False) for ids in classes]
+    assert by_index[2] - by_index[0] < 400  # reading the flipped map index by index mixes the phases
+    aligned = case.labels
+    assert [case.image[aligned == c].mean() for c in range(4)] == sorted(
+        case.image[aligned == c].mean() for c in range(4)
+    )
+
+
+def test_split_by_case_is_reproducible_and_disjoint(cores_root):
+    names = [f"c{i}" for i in range(11)]
+    a, b, c = (
+        split_cases(names, seed=4),
+        split_cases(names, seed=4),
+        split_cases(list(reversed(names)), seed=4),
+    )
+    assert a == b == c
+    parts = [set(a[p]) for p in ("train", "val", "test")]
+    assert set().union(*parts) == set(names) and sum(len(p) for p in parts) == len(names)
+    assert all(parts)
+    assert split_cases(names, seed=5) != a
+    ds = open_dataset(cores_root, seed=1)
+    listed = ds.split["train"] + ds.split["val"] + ds.split["test"]
+    assert sorted(listed) == sorted(c.name for c in ds.cases) and len(set(listed)) == len(listed)
+    with pytest.raises(SplitError, match="3 or more cases"):
+        split_cases(["a", "b"])
+
+
+def test_a_saved_split_is_reused_and_a_changed_one_refused(tmp_path):
+    first = load_or_make_split(tmp_path, lambda: split_cases(list("abcdefg"), seed=0))
+    assert json.loads((tmp_path / "split.json").read_text()) == first
+    assert load_or_make_split(tmp_path, lambda: split_cases(list("abcdefg"), seed=0)) == first
+    with pytest.raises(SplitError, match="another split"):
+        load_or_make_split(tmp_path, lambda: split_cases(list("abcdefg"), seed=1))
+
+
+def test_embedded_volumes_come_through_the_same_api():
+    ds = open_dataset("sandstone", sandstone_shape=(60, 40, 40))
+    assert ds.split["kind"] == "slabs" and ds.n_classes == 4 and len(ds.cases) == 1
+    regions = [ds.part(p)[0][1][0] for p in ("train", "val", "test")]
+    assert [(r.start, r.stop) for r in regions] == [(0, 36), (36, 48), (48, 60)]
+    images, labels = ds.arrays("val")
+    assert images[0].shape == labels[0].shape == (12, 40, 40)
+    brain = open_dataset("brain", brain_zoom=0.25)
+    assert brain.split["axis"] == 1 and brain.modality == "MR"
+
+
+def edit_json(root, **changes):
+    spec = json.loads((root / "dataset.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            spec.pop(key, None)
+        else:
+            spec[key] = value
+    (root / "dataset.json").write_text(json.dumps(spec))
+    return root / "dataset.json"
+
+
+def expect(root, *words):
+    with pytest.raises(DatasetError) as err:
+        open_dataset(root)
+    for w in words:
+        assert str(w) in str(err.value), str(err.value)
+    return str(err.value)
+
+
+def test_missing_dataset_json(copy):
+    (copy / "dataset.json").unlink()
+    expect(copy, "dataset.json", "no dataset.json")
+
+
+@pytest.mark.parametrize("key", ["name", "modality", "labels"])
+def test_missing_keys(copy, key):
+    expect(copy, edit_json(copy, **{key: None}), key)
+
+
+def test_unknown_modality(copy):
+    expect(copy, edit_json(copy, modality="PET"), "'PET'", "CT")
+
+
+@pytest.mark.parametrize("spacing", [[1.0, 0.0, 1.0], [1.0, -2.0, 1.0], [1.0, 1.0]])
+def test_target_spacing_must_be_positive(copy, spacing):
+    expect(copy, edit_json(copy, target_spacing=spacing), "target_spacing")
+
+
+def test_a_label_id_no_map_contains(copy):
+    labels = {"pore": 0, "clay": 1, "quartz": 2, "pyrite": [3, 4], "gold": 12}
+    expect(copy, edit_json(copy, labels=labels), "'gold'", "[12]")
+
+
+def test_image_without_labels_and_labels_without_image(copy):
+    (copy / "labelsTr" / "core02.npz").unlink()
+    expect(copy, "core02", "no label map")
+    shutil.rmtree(copy / "imagesTr" / "core04_0000")
+    (copy / "imagesTr" / "core02_0000.npz").unlink()
+    expect(copy, "core04", "no image")
+
+
+def test_label_map_on_another_grid(copy):
+    from helpers.io import load_volume, save_volume
+
+    path = copy / "labelsTr" / "core00.nii.gz"
+    vol = load_volume(path)
+    save_volume(path, vol.array, affine=vol.affine @ np.diag([1.5, 1, 1, 1]))
+    expect(copy, "core00", "different grid", "core00_0000.nii.gz")
+
+
+def test_non_integer_labels(copy):
+    from helpers.io import load_volume, save_volume
+
+    path = copy / "labelsTr" / "core00.nii.gz"
+    vol = load_volume(path)
+    save_volume(path, vol.array.astype(np.float32) + 0.25, like=vol)
+    expect(copy, "core00", "non-integer")
+
+
+def test_a_corrupt_case_is_named_and_nothing_trains_on_the_rest(copy):
+    path = copy / "imagesTr" / "core03_0000.tif"
+    path.write_bytes(path.read_bytes()[:300])
+    expect(copy, "case 'core03'", "core03_0000.tif", "corrupt")
+
+
+@pytest.mark.slow
+def test_quick_training_on_the_multi_case_dataset_lowers_the_loss(cores, tmp_path):
+    from helpers.model import build_unet
+    from helpers.sampling import PatchSampler
+    from helpers.training import train
+
+    images, labels = cores.arrays("train")
+    train_data = PatchSampler(images, labels, 32, 2, 6, n_classes=4, seed=0, names=cores.split["train"])
+    val_images, val_labels = cores.arrays("val")
+    val_data = PatchSampler(
+        val_images,
+        val_labels,
+        32,
+        2,
+        2,
+        n_classes=4,
+        foreground_fraction=0.0,
+        augment=False,
+        resample_each_epoch=False,
+    )
+    history = train(
+        build_unet(4, patch_size=32), train_data, val_data, 4, tmp_path, learning_rate=2e-3, verbose=0
+    )
+    assert history["epoch"] == [0, 1, 2, 3]
+    assert min(history["loss"][1:]) < history["loss"][0]
