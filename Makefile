@@ -5,12 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= auto
+DATASET ?=
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
 .PHONY: run test lint unit install clean check-profile
 
 run: check-profile $(STAMP)
-	$(BIN)/python -m helpers.runner --profile $(PROFILE)
+	$(BIN)/python -m helpers.runner --profile $(PROFILE) $(if $(DATASET),--dataset "$(DATASET)")
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest

@@ -100,11 +100,15 @@ def get_params(profile: str = "auto", dataset: str = "sandstone", **overrides: A
     """Return the profile's parameters with explicit, non-None ``overrides`` applied.
 
     This is what a notebook's ``parameters`` cell feeds: every knob left at None
-    comes from the profile, every knob set explicitly wins.
+    comes from the profile, every knob set explicitly wins. ``dataset`` is an
+    embedded name ("sandstone", "brain") or a dataset folder (see
+    :func:`helpers.datasets.open_dataset`). Unless ``run_dir`` is given, the run
+    folder is ``<output_dir>/runs/<dataset>-<profile>-<hash>``, the hash taken over
+    the parameters that change the model (:data:`MODEL_KEYS`), so changing one of
+    them trains a new model instead of reusing the old one.
     """
     name = resolve_profile_name(profile)
-    if dataset not in DATASETS:
-        raise ProfileError(f"dataset={dataset!r} is not a dataset; valid datasets: {DATASETS}")
+    dataset = check_dataset(dataset)
     params = dict(PROFILES[name])
     for key, value in overrides.items():
         if key not in params and key not in ("run_dir", "output_dir"):
@@ -115,8 +119,60 @@ def get_params(profile: str = "auto", dataset: str = "sandstone", **overrides: A
     params["dataset"] = dataset
     out = Path(params.get("output_dir") or OUTPUTS)
     params["output_dir"] = str(out)
-    params["run_dir"] = str(params.get("run_dir") or out / "runs" / f"{dataset}-{name}")
+    default_run = out / "runs" / f"{dataset_label(dataset)}-{name}-{model_key(params)}"
+    params["run_dir"] = str(params.get("run_dir") or default_run)
     return params
+
+
+#: The parameters that change what a training run produces; their hash names the run folder.
+MODEL_KEYS = (
+    "dataset",
+    "patch_size",
+    "batch_size",
+    "epochs",
+    "steps_per_epoch",
+    "val_steps",
+    "learning_rate",
+    "loss",
+    "sandstone_shape",
+    "brain_zoom",
+    "val_fraction",
+)
+
+
+def model_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``params`` that changes the trained model (JSON-ready: tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items() if k in MODEL_KEYS}
+
+
+def model_key(params: dict[str, Any]) -> str:
+    """Eight hex digits that change whenever a parameter of :data:`MODEL_KEYS` changes."""
+    import hashlib
+    import json
+
+    blob = json.dumps(model_params(params), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]
+
+
+def check_dataset(dataset: Any) -> str:
+    """An embedded dataset name, or the absolute path of a dataset folder with a ``dataset.json``."""
+    if isinstance(dataset, str) and dataset in DATASETS:
+        return dataset
+    if isinstance(dataset, (str, os.PathLike)) and str(dataset):
+        folder = Path(dataset).expanduser()
+        if (folder / "dataset.json").is_file():
+            return str(folder.resolve())
+        if folder.is_dir():
+            raise ProfileError(f"dataset={str(dataset)!r} is a folder without a dataset.json")
+    raise ProfileError(
+        f"dataset={dataset!r} is neither an embedded dataset ({', '.join(DATASETS)}) "
+        "nor a folder holding dataset.json, imagesTr/ and labelsTr/"
+    )
+
+
+def dataset_label(dataset: str) -> str:
+    """A short name for file names: the embedded name, or the dataset folder's name."""
+    return dataset if dataset in DATASETS else Path(dataset).name
 
 
 def _is_int(value: Any) -> bool:
@@ -174,6 +230,7 @@ def check_param(key: str, value: Any) -> Any:
     elif key in ("run_dir", "output_dir"):
         if not isinstance(value, (str, os.PathLike)) or str(value) == "":
             raise bad("it must be a folder path")
+        return str(value)
     return value
 
 

@@ -4,7 +4,9 @@
   phases of the classic sandstone 3D U-Net tutorial (pore, clay, quartz, pyrite).
 - :func:`load_brain_mri` reads the real MNI152 2009a T1 template and its grey/white
   matter maps, which ship inside the nilearn package (no download).
-- :func:`spatial_split` cuts a volume into disjoint training and validation slabs.
+- :func:`open_dataset` opens a dataset folder (Decathlon / nnU-Net layout) or an
+  embedded volume as one :class:`Dataset`: aligned, resampled, normalised, split.
+- :func:`make_cores_dataset` writes the embedded multi-case dataset, SandstoneCores.
 """
 
 from __future__ import annotations
@@ -146,35 +148,6 @@ def load_brain_mri(zoom: float = 1.0) -> tuple[Volume, np.ndarray]:
         labels = ndi.zoom(labels, zoom, order=0)
         affine[:3, :3] /= zoom
     return Volume(image, affine, "nifti", path=str(root), meta={"name": "MNI152 2009a T1"}), labels
-
-
-def spatial_split(
-    volume_shape: Sequence[int], fraction: float, axis: int = 0
-) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """Split a volume into a training slab and a disjoint held-out slab along ``axis``.
-
-    The last ``fraction`` of the axis (at least one voxel) is held out. Use the two
-    index tuples on image and labels alike; sample patches from each part
-    separately so that no patch straddles the split.
-
-    Returns
-    -------
-    (train, held_out) : tuples of slices, one per axis of ``volume_shape``
-    """
-    shape = tuple(int(s) for s in volume_shape)
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
-    if not -len(shape) <= axis < len(shape):
-        raise ValueError(f"axis {axis} does not exist for shape {shape}")
-    axis %= len(shape)
-    n = shape[axis]
-    cut = n - max(1, int(round(n * fraction)))
-    if cut < 1:
-        raise ValueError(f"axis {axis} of length {n} is too short to split")
-    train = [slice(None)] * len(shape)
-    held = [slice(None)] * len(shape)
-    train[axis], held[axis] = slice(0, cut), slice(cut, n)
-    return tuple(train), tuple(held)
 
 
 #: Which axis each dataset is split along: the sandstone along Z; the brain
@@ -445,7 +418,7 @@ def open_dataset(
         try:
             target_spacing = check_spacing(target_spacing)
         except VolumeError as err:
-            raise DatasetError(spec_path, err.reason) from None
+            raise DatasetError(spec_path, f"target_spacing {err.reason}") from None
     for sub in ("imagesTr", "labelsTr"):
         if not (root / sub).is_dir():
             raise DatasetError(root / sub, "folder is missing; a dataset needs imagesTr/ and labelsTr/")

@@ -714,17 +714,21 @@ def write_dicom_series(
     folder: str | os.PathLike[str],
     array: np.ndarray,
     affine: np.ndarray,
-    slope: float = 1.0,
-    intercept: float = 0.0,
+    slope: float | None = None,
+    intercept: float | None = None,
     series_uid: str | None = None,
     description: str = "course demo",
 ) -> list[Path]:
     """Write ``array`` (Z, Y, X) as a minimal uncompressed CT DICOM series, one file per slice.
 
     A teaching and testing utility (real scanners write far richer headers).
-    Stored values are ``round((array - intercept) / slope)`` as int16. The affine
-    must map (x, y, z) to RAS+ mm with in-plane axes orthogonal. Files are named
-    by a random UID, not by slice order, as on many PACS exports.
+    Stored values are ``round((array - intercept) / slope)`` as int16. Without
+    ``slope`` and ``intercept``, integer data that fits int16 is stored as it is and
+    anything else is scaled to use the int16 range, so the loaded values differ from
+    ``array`` by at most ``slope / 2``. Values that the given slope and intercept
+    cannot store in int16 raise VolumeError instead of wrapping. The affine must map
+    (x, y, z) to RAS+ mm with in-plane axes orthogonal. Files are named by a random
+    UID, not by slice order, as on many PACS exports.
     """
     import pydicom
     from pydicom.dataset import FileMetaDataset
@@ -735,7 +739,25 @@ def write_dicom_series(
     lps = np.linalg.inv(LPS_TO_RAS) @ np.asarray(affine, dtype=np.float64)
     col_spacing, row_spacing = np.linalg.norm(lps[:3, :2], axis=0)
     row_cos, col_cos = lps[:3, 0] / col_spacing, lps[:3, 1] / row_spacing
-    stored = np.round((np.asarray(array, np.float64) - intercept) / slope).astype(np.int16)
+    values = np.asarray(array, np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if slope is None and intercept is None:
+        integral = bool(np.all(values == np.round(values)))
+        if integral and -32768 <= lo and hi <= 32767:
+            slope, intercept = 1.0, 0.0
+        else:
+            intercept = (lo + hi) / 2
+            slope = max(hi - lo, 1e-12) / 65000.0
+    slope = 1.0 if slope is None else float(slope)
+    intercept = 0.0 if intercept is None else float(intercept)
+    scaled = np.round((values - intercept) / slope)
+    if scaled.min() < -32768 or scaled.max() > 32767:
+        raise VolumeError(
+            folder,
+            f"values {lo:g}..{hi:g} do not fit int16 with slope {slope:g} and intercept {intercept:g}; "
+            "leave slope and intercept out to have them chosen",
+        )
+    stored = scaled.astype(np.int16)
     series_uid = series_uid or generate_uid()
     study_uid = generate_uid()
     paths = []

@@ -12,6 +12,10 @@ of the two scores 0.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 
@@ -73,3 +77,93 @@ def scores_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray | float]:
         "mean_iou": float(np.nanmean(iou)),
         "mean_dice": float(np.nanmean(dice)),
     }
+
+
+def evaluate(truth: np.ndarray, pred: np.ndarray, class_names: tuple[str, ...]) -> dict[str, Any]:
+    """Per-class IoU and Dice, their means and the confusion matrix, JSON-ready."""
+    cm = confusion_matrix(truth, pred, len(class_names))
+    s = scores_from_confusion(cm)
+    return {
+        "classes": list(class_names),
+        "iou": [None if np.isnan(v) else float(v) for v in s["iou"]],
+        "dice": [None if np.isnan(v) else float(v) for v in s["dice"]],
+        "mean_iou": s["mean_iou"],
+        "mean_dice": s["mean_dice"],
+        "confusion": cm.tolist(),
+        "voxels": int(truth.size),
+    }
+
+
+def error_by_distance(
+    truth: np.ndarray, pred: np.ndarray, distance: np.ndarray, max_distance: int
+) -> np.ndarray:
+    """Voxel error rate for each distance 0..max_distance (NaN where no voxel has it)."""
+    wrong = (truth != pred).ravel()
+    d = np.minimum(distance.ravel(), max_distance + 1)
+    n = np.bincount(d, minlength=max_distance + 2)[: max_distance + 1]
+    e = np.bincount(d, weights=wrong, minlength=max_distance + 2)[: max_distance + 1]
+    with np.errstate(invalid="ignore"):
+        return np.where(n > 0, e / np.maximum(n, 1), np.nan)
+
+
+def scores_table(results: dict[str, dict[str, Any]], metric: str = "iou") -> str:
+    """Markdown table of per-class ``metric`` ("iou" or "dice") for several methods' :func:`evaluate`."""
+    names = list(results)
+    classes = results[names[0]]["classes"]
+    rows = [f"| class | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
+    for i, cls in enumerate(classes):
+        cells = [results[n][metric][i] for n in names]
+        rows.append(f"| {cls} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
+    means = [results[n][f"mean_{metric}"] for n in names]
+    rows.append("| **mean** | " + " | ".join(f"**{v:.3f}**" for v in means) + " |")
+    return "\n".join(rows)
+
+
+def hd95(truth: np.ndarray, pred: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
+    """95th-percentile symmetric Hausdorff distance between two boolean masks, in mm.
+
+    Distances are taken between the surface voxels of each mask and the nearest
+    surface voxel of the other, with the voxel ``spacing`` (Z, Y, X) in mm, and the
+    95th percentile of both directions pooled (as nnU-Net and MONAI do). When either
+    mask is empty the distance is undefined: NaN, left out of means.
+    """
+    from scipy import ndimage as ndi
+
+    truth, pred = np.asarray(truth, bool), np.asarray(pred, bool)
+    if truth.shape != pred.shape:
+        raise ValueError(f"truth shape {truth.shape} differs from prediction shape {pred.shape}")
+    if not truth.any() or not pred.any():
+        return float("nan")
+    structure = ndi.generate_binary_structure(truth.ndim, 1)
+    surface_t = truth & ~ndi.binary_erosion(truth, structure, border_value=0)
+    surface_p = pred & ~ndi.binary_erosion(pred, structure, border_value=0)
+    to_t = ndi.distance_transform_edt(~surface_t, sampling=spacing)
+    to_p = ndi.distance_transform_edt(~surface_p, sampling=spacing)
+    return float(np.percentile(np.concatenate([to_t[surface_p], to_p[surface_t]]), 95))
+
+
+def case_scores(
+    truth: np.ndarray, pred: np.ndarray, class_names: Sequence[str], spacing: Sequence[float]
+) -> dict[str, Any]:
+    """Per-class IoU, Dice and HD95 (mm) of one case, as :func:`evaluate` plus ``hd95``.
+
+    HD95 is computed for the foreground classes only (class 0 is background); NaN
+    (JSON null) where the class is absent from truth or prediction.
+    """
+    scores = evaluate(truth, pred, class_names)
+    distances = [None] + [hd95(truth == c, pred == c, spacing) for c in range(1, len(class_names))]
+    scores["hd95"] = [None if d is None or np.isnan(d) else float(d) for d in distances]
+    valid = [d for d in scores["hd95"] if d is not None]
+    scores["mean_hd95"] = float(np.mean(valid)) if valid else None
+    return scores
+
+
+def mean_over_cases(per_case: dict[str, dict[str, Any]], metric: str) -> list[float | None]:
+    """Per-class mean of ``metric`` over cases, ignoring cases where the class is n/a (NaN)."""
+    rows = np.array(
+        [[np.nan if v is None else v for v in s[metric]] for s in per_case.values()], dtype=np.float64
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class n/a in every case: its mean is n/a too
+        means = np.nanmean(rows, axis=0) if len(rows) else np.array([])
+    return [None if np.isnan(v) else float(v) for v in means]

@@ -223,3 +223,26 @@ def patch_memory_bytes(
     patch = as_patch_shape(patch_size)
     n = len(sliding_windows(shape, patch, overlap))
     return n, n * int(np.prod(patch)) * n_classes * itemsize
+
+
+def distance_to_window_border(
+    shape: tuple[int, ...], patch_size: int | Sequence[int], overlap: float = 0.0
+) -> np.ndarray:
+    """Per voxel of ``shape`` (Z, Y, X): voxels to the nearest inner window border, int32.
+
+    Borders are the starts and ends of the windows of :func:`sliding_windows`
+    that fall inside the volume; a voxel touching one has distance 0.
+    """
+    per_axis = []
+    for size, patch in zip(shape[:3], as_patch_shape(patch_size), strict=True):
+        starts = window_starts(size, patch, overlap)
+        borders = {b for s in starts for b in (s, s + patch) if 0 < b < size}
+        idx = np.arange(size)
+        if borders:
+            b = np.array(sorted(borders))
+            d = np.minimum(np.abs(idx[:, None] - b[None, :]), np.abs(b[None, :] - 1 - idx[:, None]))
+            per_axis.append(d.min(axis=1))
+        else:
+            per_axis.append(np.full(size, size, dtype=np.int64))
+    dz, dy, dx = per_axis
+    return np.minimum(np.minimum(dz[:, None, None], dy[None, :, None]), dx[None, None, :]).astype(np.int32)

@@ -3,14 +3,15 @@
 ``python -m helpers.runner --profile cpu`` (what ``make run`` calls) runs notebooks
 00 to 06 on the sandstone phantom, then trains and evaluates the brain tissue
 model (04 and 05), and writes executed notebooks to ``outputs/executed/``,
-figures to ``outputs/figures/`` and a summary of held-out scores and timings.
+figures to ``outputs/figures/`` and a summary of test scores and timings.
+``--dataset FOLDER`` (``make run DATASET=FOLDER``) runs the course on a dataset
+folder of your own instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -19,8 +20,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from helpers.config import OUTPUTS, REPO_ROOT, ProfileError, resolve_profile_name
+from helpers.config import (
+    OUTPUTS,
+    REPO_ROOT,
+    ProfileError,
+    check_dataset,
+    dataset_label,
+    resolve_profile_name,
+)
 from helpers.io import write_text_atomic
+from helpers.results import read_records
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 COURSE = (
@@ -45,9 +54,15 @@ def available_notebooks() -> list[str]:
     return [n for n in COURSE if (NOTEBOOK_DIR / f"{n}.ipynb").exists()]
 
 
-def course_plan() -> list[tuple[str, str]]:
-    """(notebook, dataset) pairs in execution order: the course on the sandstone, then the brain pass."""
+def course_plan(dataset: str | None = None) -> list[tuple[str, str]]:
+    """(notebook, dataset) pairs in execution order.
+
+    By default the course on the sandstone, then the brain pass; with ``dataset``
+    (an embedded name or a folder) the whole course on that dataset alone.
+    """
     present = available_notebooks()
+    if dataset is not None:
+        return [(n, dataset) for n in present]
     return [(n, "sandstone") for n in present] + [(n, "brain") for n in SECOND_PASS if n in present]
 
 
@@ -84,33 +99,37 @@ def execute_notebook(
     return time.perf_counter() - start
 
 
-def run_course(profile: str, output_dir: str | os.PathLike[str] = OUTPUTS) -> Path:
-    """Execute the course for ``profile`` and return the path of ``summary.md``."""
+def run_course(
+    profile: str, output_dir: str | os.PathLike[str] = OUTPUTS, dataset: str | None = None
+) -> Path:
+    """Execute the course for ``profile`` (on ``dataset`` if given) and return the path of ``summary.md``."""
     chosen = resolve_profile_name(profile)
+    if dataset is not None:
+        dataset = check_dataset(dataset)
     out = Path(output_dir)
     print(f"Profile: {chosen}" + (" (auto: full with a GPU, cpu without)" if profile == "auto" else ""))
     print("Override with `make run PROFILE=quick|cpu|full`.")
     timings: list[tuple[str, str, float]] = []
-    plan = course_plan()
+    plan = course_plan(dataset)
     start = time.perf_counter()
-    for name, dataset in plan:
-        params = {"profile": chosen, "dataset": dataset, "output_dir": str(out.resolve())}
-        target = out / "executed" / f"{name}-{dataset}.ipynb"
-        print(f"[{time.perf_counter() - start:7.1f} s] {name} ({dataset}) ...", flush=True)
+    for name, data in plan:
+        params = {"profile": chosen, "dataset": data, "output_dir": str(out.resolve())}
+        target = out / "executed" / f"{name}-{dataset_label(data)}.ipynb"
+        print(f"[{time.perf_counter() - start:7.1f} s] {name} ({dataset_label(data)}) ...", flush=True)
         seconds = execute_notebook(name, params, target)
-        timings.append((name, dataset, seconds))
+        timings.append((name, dataset_label(data), seconds))
     total = time.perf_counter() - start
     summary = write_summary(out, chosen, timings, total)
     print(f"Done in {total:.0f} s. Summary: {summary}")
     return summary
 
 
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 def write_summary(out: Path, profile: str, timings: Sequence[tuple[str, str, float]], total: float) -> Path:
-    """Write ``summary.md``: held-out IoU of the U-Net against multi-Otsu, training and timings."""
+    """Write ``summary.md``: test scores of the U-Net (and multi-Otsu where it applies), training, timings."""
     lines = [
         "# Course run summary",
         "",
@@ -118,33 +137,50 @@ def write_summary(out: Path, profile: str, timings: Sequence[tuple[str, str, flo
         f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
         f"- Total notebook time: {total:.0f} s",
         "",
-        "Scores are on the held-out slab of each volume, spatially disjoint from the training slab.",
+        "Each dataset is split three ways: **train** (patches to learn from), **validation** (picks the",
+        "best checkpoint) and **test** (scored once, below). The test part never took part in training",
+        "or in choosing the checkpoint: a slab of a single volume, or whole cases of a dataset folder.",
         "",
     ]
-    for metrics_file in sorted((out / "metrics").glob("*.json")):
-        data = json.loads(metrics_file.read_text())
-        dataset = metrics_file.stem
+    for dataset, data in read_records(out).items():
         ev = data.get("evaluation")
         if ev:
-            unet, base = ev["unet"], ev["baseline"]
+            unet, base = ev["unet"], ev.get("baseline")
+            cases = ", ".join(f"{name} {shape}" for name, shape in ev.get("cases", {}).items())
             lines += [
-                f"## {dataset}: held-out IoU, U-Net against multi-Otsu",
+                f"## {dataset}: test scores" + (", U-Net against multi-Otsu" if base else ""),
                 "",
-                f"Held-out slab {ev.get('held_out_shape')} voxels; model `{ev.get('model')}`.",
+                f"Test part: {cases} (voxels, native grid). Model `{ev.get('model')}`.",
+                f"Best validation mean IoU (patches of {', '.join(ev.get('validation_cases', []))}, "
+                f"used to pick the checkpoint): {_fmt(ev.get('best_validation_mean_iou'))}.",
                 "",
-                "| class | multi-Otsu IoU | U-Net IoU | U-Net Dice |",
-                "|---|---|---|---|",
+                "| class | "
+                + ("multi-Otsu IoU | " if base else "")
+                + "U-Net IoU | U-Net Dice | U-Net HD95 (mm) |",
+                "|---" * (5 if base else 4) + "|",
             ]
-            for i, cls in enumerate(unet["classes"]):
-                lines.append(
-                    f"| {cls} | {_fmt(base['iou'][i])} | {_fmt(unet['iou'][i])} | {_fmt(unet['dice'][i])} |"
-                )
-            gain = unet["mean_iou"] - base["mean_iou"]
-            lines += [
-                f"| **mean** | **{_fmt(base['mean_iou'])}** | **{_fmt(unet['mean_iou'])}** "
-                f"| **{_fmt(unet['mean_dice'])}** |",
+            for i, cls in enumerate(ev["classes"]):
+                cells = ([_fmt(base["iou"][i])] if base else []) + [
+                    _fmt(unet["iou"][i]),
+                    _fmt(unet["dice"][i]),
+                    _fmt(unet["hd95"][i], 2),
+                ]
+                lines.append(f"| {cls} | " + " | ".join(cells) + " |")
+            mean = ([f"**{_fmt(base['mean_iou'])}**"] if base else []) + [
+                f"**{_fmt(unet['mean_iou'])}**",
+                f"**{_fmt(unet['mean_dice'])}**",
                 "",
-                f"U-Net minus multi-Otsu, mean IoU: **{gain:+.3f}**",
+            ]
+            lines += ["| **mean** | " + " | ".join(mean) + " |", ""]
+            if base:
+                lines += [
+                    f"U-Net minus multi-Otsu, mean test IoU: **{unet['mean_iou'] - base['mean_iou']:+.3f}**",
+                    "",
+                ]
+            else:
+                lines += [f"({ev.get('baseline_note')})", ""]
+            lines += [
+                "Means are over test cases; a class absent from a case is left out of that case (n/a).",
                 "",
             ]
         tr = data.get("training")
@@ -160,7 +196,7 @@ def write_summary(out: Path, profile: str, timings: Sequence[tuple[str, str, flo
                 f"Whole-volume prediction ({dataset}, {inf.get('shape')}): "
                 f"overlap 0 / no blending {inf.get('seconds_overlap0', 0):.1f} s, "
                 f"overlap {inf.get('overlap')} / Gaussian {inf.get('seconds_blended', 0):.1f} s; "
-                f"held-out error within 2 voxels of a seam {inf.get('seam_error_overlap0', 0):.4f} "
+                f"test error within 2 voxels of a seam {inf.get('seam_error_overlap0', 0):.4f} "
                 f"against {inf.get('seam_error_blended', 0):.4f}.",
                 "",
             ]
@@ -174,9 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Execute the course notebooks with papermill.")
     parser.add_argument("--profile", default="auto", help="quick, cpu, full or auto (default)")
     parser.add_argument("--output-dir", default=str(OUTPUTS))
+    parser.add_argument(
+        "--dataset", default=None, help="a dataset folder (or embedded name) to run the course on"
+    )
     args = parser.parse_args(argv)
     try:
-        run_course(args.profile, args.output_dir)
+        run_course(args.profile, args.output_dir, args.dataset or None)
     except ProfileError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

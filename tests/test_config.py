@@ -25,7 +25,23 @@ def test_explicit_parameter_overrides_profile_and_none_does_not():
     assert p["epochs"] == 7
     assert p["batch_size"] == PROFILES["quick"]["batch_size"]
     assert p["dataset"] == "brain" and p["profile"] == "quick"
-    assert p["run_dir"] == "/tmp/x/runs/brain-quick"
+    assert p["run_dir"].startswith("/tmp/x/runs/brain-quick-")
+
+
+def test_the_run_folder_changes_with_every_knob_that_changes_the_model(tmp_path):
+    base = get_params("quick", "sandstone")["run_dir"]
+    assert get_params("quick", "sandstone", overlap=0.25)["run_dir"] == base  # inference only
+    for knob, value in [("patch_size", 64), ("learning_rate", 5e-4), ("batch_size", 4), ("epochs", 3)]:
+        assert get_params("quick", "sandstone", **{knob: value})["run_dir"] != base, knob
+
+
+def test_a_dataset_is_a_name_or_a_folder_with_dataset_json(tmp_path):
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ProfileError, match="without a dataset.json"):
+        get_params("quick", tmp_path / "mine")
+    (tmp_path / "mine" / "dataset.json").write_text("{}")
+    p = get_params("quick", str(tmp_path / "mine"))
+    assert p["dataset"] == str(tmp_path / "mine") and "/runs/mine-quick-" in p["run_dir"]
 
 
 def test_auto_resolves_to_a_real_profile():

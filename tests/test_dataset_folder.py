@@ -148,7 +148,7 @@ def test_missing_dataset_json(copy):
 
 @pytest.mark.parametrize("key", ["name", "modality", "labels"])
 def test_missing_keys(copy, key):
-    expect(copy, edit_json(copy, **{key: None}), key)
+    expect(copy, edit_json(copy, **{key: None}), "lacks", f"'{key}'")
 
 
 def test_unknown_modality(copy):
@@ -157,7 +157,7 @@ def test_unknown_modality(copy):
 
 @pytest.mark.parametrize("spacing", [[1.0, 0.0, 1.0], [1.0, -2.0, 1.0], [1.0, 1.0]])
 def test_target_spacing_must_be_positive(copy, spacing):
-    expect(copy, edit_json(copy, target_spacing=spacing), "target_spacing")
+    expect(copy, edit_json(copy, target_spacing=spacing), "target_spacing must be 3 numbers > 0")
 
 
 def test_a_label_id_no_map_contains(copy):

@@ -9,10 +9,11 @@ from helpers.datasets import (
     load_brain_mri,
     load_dataset,
     make_sandstone,
-    spatial_split,
 )
-from helpers.experiment import evaluate, multiotsu_baseline
+from helpers.experiment import multiotsu_baseline
+from helpers.metrics import evaluate
 from helpers.sampling import PatchSampler
+from helpers.splits import slab_index, split_slabs
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_sandstone_is_deterministic_and_seeded():
 
 def test_sandstone_is_hard_for_multiotsu(sandstone):
     image, labels = sandstone
-    _, held = spatial_split(image.shape, 0.25, 0)
+    held = slab_index(split_slabs(image.shape, 0)["test"], 0)
     score = evaluate(labels[held], multiotsu_baseline(image[held], 4), SANDSTONE_CLASSES)
     assert score["mean_iou"] < 0.85
     assert score["mean_iou"] > 0.1  # but it is not noise either
@@ -66,31 +67,32 @@ def test_brain_zoom_scales_geometry():
     assert load_dataset("brain", brain_zoom=0.5).class_names == BRAIN_CLASSES
 
 
-@pytest.mark.parametrize(("shape", "fraction", "axis"), [((100, 20, 30), 0.25, 0), ((10, 20, 31), 0.4, 2)])
-def test_spatial_split_is_disjoint_and_complete(shape, fraction, axis):
-    train, held = spatial_split(shape, fraction, axis)
+@pytest.mark.parametrize(("shape", "axis"), [((100, 20, 30), 0), ((10, 20, 31), 2)])
+def test_three_slabs_are_disjoint_and_complete(shape, axis):
+    bounds = split_slabs(shape, axis)
     mark = np.zeros(shape, np.int8)
-    mark[train] += 1
-    mark[held] += 2
-    assert set(np.unique(mark)) == {1, 2}
-    n = shape[axis]
-    assert mark.take(range(n - round(n * fraction), n), axis=axis).min() == 2
+    for k, part in enumerate(("train", "val", "test")):
+        mark[slab_index(bounds[part], axis)] += 1 << k
+    assert set(np.unique(mark)) == {1, 2, 4}
+    assert bounds["test"][1] == shape[axis] and bounds["train"][0] == 0
 
 
-def test_spatial_split_rejects_bad_fraction():
-    with pytest.raises(ValueError, match="fraction"):
-        spatial_split((10, 10, 10), 1.0, 0)
+def test_slab_split_rejects_bad_fractions_and_short_axes():
+    with pytest.raises(ValueError, match="fractions"):
+        split_slabs((10, 10, 10), 0, (0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="too short"):
+        split_slabs((2, 10, 10), 0)
 
 
 def test_patches_never_straddle_the_split():
     shape = (96, 40, 40)
     z = np.broadcast_to(np.arange(96, dtype=np.float32)[:, None, None], shape)
     labels = np.ones(shape, np.uint8)
-    train, held = spatial_split(shape, 0.25, 0)
+    train = slab_index(split_slabs(shape, 0)["train"], 0)
     sampler = PatchSampler(z[train], labels[train], 32, 4, 20, n_classes=2, seed=0)
     for i in range(len(sampler)):
         x, _ = sampler.sample(i)
-        assert x.max() < 72  # no voxel from the held-out slab (z >= 72)
+        assert x.max() < 58  # no voxel from the validation or test slabs (z >= 58)
 
 
 def test_unknown_dataset():

@@ -382,3 +382,14 @@ def test_atomic_writes_get_normal_permissions_and_leave_nothing_on_failure(tmp_p
         raise RuntimeError("crash")
     assert path.read_text() == "hello\n"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.md"]
+
+
+def test_dicom_writer_refuses_values_it_cannot_store_and_scales_floats(tmp_path, rng):
+    piece = rng.random((4, 6, 8)).astype(np.float32) * 3.0
+    with pytest.raises(VolumeError, match="do not fit int16"):
+        write_dicom_series(tmp_path / "wrap", piece * 1000, np.eye(4), slope=0.001, intercept=0.0)
+    back = load_volume(write_dicom_series(tmp_path / "auto", piece, np.eye(4))[0].parent)
+    assert np.abs(back.array - piece).max() <= 3.0 / 65000 / 2 + 1e-6
+    hu = rng.integers(-1000, 2000, (3, 4, 5)).astype(np.int16)
+    written = write_dicom_series(tmp_path / "int", hu, np.eye(4))
+    assert np.array_equal(load_volume(written[0].parent).array, hu)

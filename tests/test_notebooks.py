@@ -1,6 +1,8 @@
 """Issue 6: every notebook's skeleton, and a papermill run of the course with the quick profile."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -74,6 +76,26 @@ def test_course_outputs_and_summary(course_run):
 
 
 @pytest.mark.notebooks
+def test_summary_reports_test_scores_and_says_which_part_is_which(course_run):
+    out = course_run["out"]
+    summary = write_summary(out, "quick", course_run["timings"], 1.0).read_text()
+    assert "## sandstone: test scores, U-Net against multi-Otsu" in summary
+    assert "**validation** (picks the" in summary and "**test** (scored once" in summary
+    sand = json.loads((out / "metrics" / "sandstone.json").read_text())["evaluation"]
+    assert sand["part"] == "test" and "sandstone" in sand["cases"]
+    assert sand["unet"]["hd95"][0] is None and len(sand["unet"]["hd95"]) == 4
+
+
+@pytest.mark.notebooks
+def test_a_model_of_another_dataset_is_refused_naming_both(course_run, tmp_path):
+    out = course_run["out"]
+    brain_run = next((out / "runs").glob("brain-quick-*"))
+    params = {"profile": "quick", "dataset": "sandstone", "output_dir": str(out), "run_dir": str(brain_run)}
+    with pytest.raises(NotebookError, match=r"ModelMismatchError.*'brain'.*'sandstone'"):
+        execute_notebook("05_evaluation", params, tmp_path / "05-mismatch.ipynb")
+
+
+@pytest.mark.notebooks
 def test_saved_prediction_reloads_with_the_source_affine(course_run):
     from helpers.io import load_volume
 
@@ -97,3 +119,80 @@ def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path):
     with pytest.raises(NotebookError, match=r"broken\.ipynb failed in cell 1.*ValueError: boom"):
         execute_notebook(src, {}, tmp_path / "out.ipynb")
     assert Path(tmp_path / "out.ipynb").exists()
+
+
+@pytest.fixture(scope="module")
+def own_dataset(tmp_path_factory):
+    from helpers.datasets import make_cores_dataset
+
+    root = make_cores_dataset(tmp_path_factory.mktemp("own") / "SandstoneCores")
+    return {"root": root, "out": tmp_path_factory.mktemp("own-course")}
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("name", ["04_training", "05_evaluation", "06_unpatchify_visualization"])
+def test_zero_code_course_on_a_dataset_folder(own_dataset, name):
+    params = {"profile": "quick", "dataset": str(own_dataset["root"]), "output_dir": str(own_dataset["out"])}
+    execute_notebook(name, params, own_dataset["out"] / "executed" / f"{name}.ipynb")
+
+
+@pytest.mark.notebooks
+def test_zero_code_scores_every_test_case_and_segments_every_new_scan(own_dataset):
+    from helpers.datasets import open_dataset
+    from helpers.io import load_volume
+
+    out, root = own_dataset["out"], own_dataset["root"]
+    run_dir = next((out / "runs").glob("SandstoneCores-quick-*"))
+    ds = open_dataset(root)
+    scores = json.loads((run_dir / "evaluation" / "scores.json").read_text())
+    assert sorted(scores["unet"]["per_case"]) == ds.split["test"]
+    assert (
+        (run_dir / "evaluation" / "scores.csv").read_text().startswith("method,case,class,iou,dice,hd95_mm")
+    )
+    target = out / "cli"
+    done = subprocess.run(
+        [sys.executable, "-m", "helpers.predict", str(run_dir), str(root / "imagesTs"), "-o", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 of 2 scans segmented" in done.stdout
+    for scan in sorted((root / "imagesTs").iterdir()):
+        source = load_volume(scan)
+        seg = load_volume(target / f"{scan.name.split('_0000')[0]}_seg.nii.gz")
+        assert seg.shape == source.shape[:3] and np.allclose(seg.affine, source.affine, atol=1e-5)
+        ijk = np.argwhere(seg.array > 0)[:, ::-1]  # (x, y, z) of labelled voxels
+        world = seg.affine @ np.c_[ijk, np.ones(len(ijk))].T
+        back = np.linalg.inv(source.affine) @ world
+        assert np.allclose(back[:3].T, ijk, atol=1e-3)  # the same voxels of the scan, in world space
+    assert sorted(p.name for p in (out / "predictions").glob("*_seg.nii.gz")) == sorted(
+        p.name for p in target.glob("*_seg.nii.gz")
+    )  # 06 went through the same code path
+
+
+@pytest.mark.notebooks
+def test_predict_reports_a_corrupt_scan_and_still_segments_the_good_one(own_dataset, tmp_path):
+    run_dir = next((own_dataset["out"] / "runs").glob("SandstoneCores-quick-*"))
+    good = own_dataset["root"] / "imagesTs" / "core90_0000.nii.gz"
+    bad = tmp_path / "broken_0000.nii.gz"
+    bad.write_bytes(good.read_bytes()[:500])
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "helpers.predict",
+            str(run_dir),
+            str(bad),
+            str(good),
+            "-o",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert str(bad) in done.stderr and "corrupt" in done.stderr
+    assert (tmp_path / "o" / "core90_seg.nii.gz").exists()
+    assert "1 of 2 scans segmented" in done.stdout
