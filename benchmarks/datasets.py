@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers.config import get_params  # noqa: E402
 from helpers.datasets import make_cores_dataset, make_sandstone, open_dataset  # noqa: E402
-from helpers.experiment import multiotsu_baseline, prepare  # noqa: E402
+from helpers.evaluation import multiotsu_baseline  # noqa: E402
+from helpers.experiment import prepare  # noqa: E402
 from helpers.metrics import evaluate  # noqa: E402
 
 

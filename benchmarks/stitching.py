@@ -10,7 +10,8 @@ For a float32 volume, 3 classes, 64^3 patches, overlap 0.5 and an identity-like 
     weighted adds into a full-volume accumulator, in plain NumPy on precomputed arrays;
 (c) peak resident memory above the input, as a multiple of the input's bytes, for
     ``output="labels"`` and ``"probabilities"``, at 384^3 and 256^3;
-(d) the same for the patchify -> model -> unpatchify route (last patch wins).
+(d) the same for the patchify -> model -> unpatchify route (no blending: unpatchify keeps
+    only the non-overlapping patches).
 
 Each measurement runs in a fresh process; the peak is the kernel's high-water mark
 (VmHWM, reset through /proc/self/clear_refs after the input is built).
@@ -175,7 +176,7 @@ def main() -> None:
         )
     print("\nvs bare: predict_volume time / bare weighted-add time (target <= 2.0)")
     print("mem/input: peak RSS above the input / input bytes (targets: labels <= 1.5, probabilities <= 4.5)")
-    print("patchify: patchify -> model -> unpatchify per class (last patch wins, no blending)")
+    print("patchify: patchify -> model -> unpatchify per class (non-overlapping patches kept, no blending)")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,22 @@
 """Helpers for the 3D U-Net volumetric segmentation course.
 
-One module per job: ``config`` (profiles), ``io`` (reading and writing volumes),
-``datasets`` (embedded data), ``preprocessing``, ``patches``, ``inference``,
-``model``, ``training``, ``metrics``, ``viz`` and ``runner`` (executes the course).
+One module per job, data flowing one way:
+
+- ``config`` (profiles and parameters), ``io`` (volumes in every format, atomic
+  writes, the validators);
+- ``geometry`` (align, reorient, resample and invert), ``preprocessing``
+  (normalisation), ``splits`` (train / val / test), ``datasets`` (dataset folders
+  and the embedded data), ``patches`` (windows, padding, blending);
+- ``sampling`` (the patch sampler), ``model`` (the U-Net, losses, metrics),
+  ``runs`` (the locked, crash-safe run folder), ``training``;
+- ``inference`` (streaming whole-volume prediction), ``predict`` (new scans, the
+  command line);
+- ``metrics``, ``evaluation`` (scores per case at native resolution), ``viz``;
+- ``results`` (the metrics records and ``summary.md``), ``runner`` (``make run``).
+
+``experiment`` is the notebooks' thin glue: :func:`~helpers.experiment.prepare` (the
+dataset of a parameter set), ``patch_shape``, ``make_samplers``, ``start_run``
+(``model.json``), ``train_from_params``, ``ensure_model`` and ``load_trained``.
 
 Importing this package is cheap: it does not import TensorFlow, Keras or NumPy.
 

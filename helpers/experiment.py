@@ -8,12 +8,12 @@
   beside ``best.keras``: what the model was trained on and how to feed it.
 - :func:`ensure_model` and :func:`load_trained` give the notebooks a model, and
   refuse one that was trained on another dataset.
-- :func:`score_test` scores the test cases (or slab) at each scan's native resolution.
+
+Scoring lives in :mod:`helpers.evaluation`.
 """
 
 from __future__ import annotations
 
-import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from helpers.config import DATASETS, get_params, model_params
-from helpers.datasets import Dataset, open_dataset, remap_to_classes
+from helpers.datasets import Dataset, open_dataset
 from helpers.results import write_json
 
 MODEL_INFO = "model.json"
@@ -117,65 +117,66 @@ def model_info(ds: Dataset, params: dict[str, Any], patch: tuple[int, int, int])
     }
 
 
-def train_from_params(params: dict[str, Any], callbacks: tuple = (), verbose: str | int = 2) -> dict:
-    """Build the U-Net and train it as ``params`` say; returns the history from ``log.csv``.
+def start_run(params: dict[str, Any], ds: Dataset, patch: tuple[int, int, int]) -> dict[str, Any]:
+    """Write ``model.json`` into ``params["run_dir"]``, or check the one there; returns it.
 
-    Writes ``model.json`` (before training; a run folder whose ``model.json`` says
-    otherwise is refused) and ``training.json`` (seconds per epoch, precision).
+    Raises :class:`helpers.runs.RunFolderError` when the folder holds a model trained
+    with other settings, naming what differs, so a changed knob never resumes an old run.
     """
-    from helpers.model import build_unet, set_precision, strategy_scope
+    import json
+
     from helpers.runs import RunFolderError
-    from helpers.training import read_log, train
 
-    ds = prepare(params)
-    patch = patch_shape(ds, params)
     info = model_info(ds, params, patch)
-    run_dir = Path(params["run_dir"])
-    stored = run_dir / MODEL_INFO
+    stored = Path(params["run_dir"]) / MODEL_INFO
     if stored.exists():
-        import json
-
         differs = _differences(json.loads(stored.read_text()), json.loads(json.dumps(info)))
         if differs:
             raise RunFolderError(
-                f"{run_dir} holds a model trained with other settings ({', '.join(differs)} differ); "
-                "use another run_dir (or leave run_dir unset: each setting gets its own folder)"
+                f"{params['run_dir']} holds a model trained with other settings "
+                f"({', '.join(differs)} differ); use another run_dir "
+                "(or leave run_dir unset: each setting gets its own folder)"
             )
     else:
         write_json(stored, info)
+    return info
+
+
+def train_from_params(params: dict[str, Any], callbacks: tuple = (), verbose: str | int = 2) -> dict:
+    """Build the U-Net and train it as ``params`` say (what 04 shows step by step).
+
+    Returns the history from ``log.csv``. Writes ``model.json`` first (:func:`start_run`).
+    """
+    from helpers.model import build_unet, replicas, set_precision, strategy_scope
+    from helpers.training import train
+
+    ds = prepare(params)
+    patch = patch_shape(ds, params)
+    start_run(params, ds, patch)
     precision = set_precision("auto")
-    with strategy_scope() as replicas:
+    with strategy_scope():
         model = build_unet(ds.n_classes, patch_size=patch)
-    params = {**params, "batch_size": params["batch_size"] * replicas}
-    train_data, val_data = make_samplers(ds, params, patch)
-    start = time.perf_counter()
-    before = len(read_log(run_dir / "log.csv").get("epoch", []))
-    history = train(
+    batch = params["batch_size"] * replicas()
+    train_data, val_data = make_samplers(ds, {**params, "batch_size": batch}, patch)
+    record = {
+        "precision": precision,
+        "replicas": replicas(),
+        "profile": params["profile"],
+        "patch_size": list(patch),
+    }
+    return train(
         model,
         train_data,
         val_data,
         params["epochs"],
-        run_dir,
+        params["run_dir"],
         learning_rate=params["learning_rate"],
         loss=params["loss"],
         class_names=ds.class_names,
         callbacks=callbacks,
         verbose=verbose,
+        record=record,
     )
-    ran = len(history.get("epoch", [])) - before
-    if ran > 0:
-        elapsed = time.perf_counter() - start
-        timing = {
-            "seconds": elapsed,
-            "epochs_run": ran,
-            "seconds_per_epoch": elapsed / ran,
-            "precision": precision,
-            "replicas": replicas,
-            "profile": params["profile"],
-            "patch_size": list(patch),
-        }
-        write_json(run_dir / "training.json", timing)
-    return history
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -237,95 +238,3 @@ def load_trained(run_dir: str | Path, ds: Dataset | None = None) -> tuple[Any, d
                 f"{' and '.join(differs)} differ"
             )
     return load_model(run_dir / "best.keras"), info
-
-
-def native_labels(ds: Dataset, name: str) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """A case's label map (class indices) on its scan's native grid, and that grid's spacing (Z, Y, X)."""
-    from helpers.geometry import align_to
-    from helpers.io import load_volume
-
-    case = ds.case(name)
-    image = load_volume(case.image_path)
-    stored = align_to(image, load_volume(case.labels_path))
-    return remap_to_classes(stored, ds.label_ids), image.spacing
-
-
-def score_test(
-    model: Any, ds: Dataset, params: dict[str, Any], part: str = "test", baseline: bool = True
-) -> dict[str, Any]:
-    """Score ``model`` on every case (or the slab) of ``part`` at native resolution.
-
-    Each case is predicted on the working grid with overlapping Gaussian-blended
-    windows, brought back to the scan's grid (:meth:`helpers.geometry.Resampling.invert`)
-    and scored there: IoU, Dice and HD95 (mm) per class, then the mean over cases.
-    With ``baseline``, multi-Otsu thresholding is scored the same way, where it
-    applies: on the embedded volumes, whose classes are ordered by intensity.
-    """
-    from helpers.inference import predict_volume
-    from helpers.metrics import case_scores, mean_over_cases
-
-    patch = tuple(model.input_shape[1:4])
-    per_case, per_case_base, shapes = {}, {}, {}
-    for case, region in ds.part(part):
-        pred = predict_volume(
-            model,
-            case.image[region],
-            patch_size=patch,
-            overlap=params["overlap"],
-            batch_size=params["batch_size"],
-            output="labels",
-            progress=False,
-        )
-        if ds.split["kind"] == "slabs":
-            truth, spacing = case.labels[region], ds.target_spacing
-        else:
-            pred = case.resampling.invert(pred, labels=True, n_classes=ds.n_classes)
-            truth, spacing = native_labels(ds, case.name)
-        shapes[case.name] = list(truth.shape)
-        per_case[case.name] = case_scores(truth, pred, ds.class_names, spacing)
-        if baseline and ds.name in DATASETS:
-            guess = multiotsu_baseline(case.image[region], ds.n_classes)
-            per_case_base[case.name] = case_scores(truth, guess, ds.class_names, spacing)
-    result: dict[str, Any] = {"part": part, "classes": list(ds.class_names), "shapes": shapes}
-    for label, scores in (("unet", per_case), ("baseline", per_case_base)):
-        if not scores:
-            continue
-        summary = {m: mean_over_cases(scores, m) for m in ("iou", "dice", "hd95")}
-        summary["mean_iou"] = float(np.nanmean([s["mean_iou"] for s in scores.values()]))
-        summary["mean_dice"] = float(np.nanmean([s["mean_dice"] for s in scores.values()]))
-        result[label] = {"per_case": scores, **summary}
-    result["baseline_note"] = (
-        "multi-Otsu thresholding, classes in intensity order"
-        if per_case_base
-        else "no multi-Otsu baseline: it assumes classes ordered by intensity, which a dataset of "
-        "your own need not have"
-    )
-    return result
-
-
-def write_scores(result: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:
-    """Write :func:`score_test`'s result as ``scores.json`` and a per-case, per-class ``scores.csv``."""
-    import csv
-    import io
-
-    from helpers.io import write_text_atomic
-
-    folder = Path(folder)
-    json_path = write_json(folder / "scores.json", result)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "case", "class", "iou", "dice", "hd95_mm"])
-    for method in ("unet", "baseline"):
-        for case, s in result.get(method, {}).get("per_case", {}).items():
-            for i, cls in enumerate(result["classes"]):
-                writer.writerow([method, case, cls, s["iou"][i], s["dice"][i], s["hd95"][i]])
-    csv_path = write_text_atomic(folder / "scores.csv", buf.getvalue())
-    return json_path, csv_path
-
-
-def multiotsu_baseline(image: np.ndarray, n_classes: int) -> np.ndarray:
-    """Classic baseline: multi-Otsu thresholds on intensity, classes in intensity order (uint8)."""
-    from skimage.filters import threshold_multiotsu
-
-    thresholds = threshold_multiotsu(image, classes=n_classes)
-    return np.digitize(image, thresholds).astype(np.uint8)

@@ -161,7 +161,7 @@ def predict_volume(
         compiled model always sees one shape and is not retraced.
     blend : {"gaussian", "average", "none"}
         Gaussian importance weighting (sigma = patch/8), plain averaging, or
-        last-window-wins (what ``patchify.unpatchify`` does).
+        no blending (each voxel from the last window that covers it).
     output : {"probabilities", "labels"}
         float32 (Z, Y, X, n_classes) blended model outputs, or the (Z, Y, X) uint8
         argmax (threshold 0.5 for a single output channel), computed slab by slab.

@@ -106,16 +106,37 @@ def error_by_distance(
         return np.where(n > 0, e / np.maximum(n, 1), np.nan)
 
 
-def scores_table(results: dict[str, dict[str, Any]], metric: str = "iou") -> str:
-    """Markdown table of per-class ``metric`` ("iou" or "dice") for several methods' :func:`evaluate`."""
-    names = list(results)
-    classes = results[names[0]]["classes"]
-    rows = [f"| class | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
+METRIC_LABELS = {"iou": "IoU", "dice": "Dice", "hd95": "HD95 (mm)"}
+
+
+def scores_table(
+    results: dict[str, dict[str, Any]],
+    metric: str = "iou",
+    columns: Sequence[tuple[str, str]] | None = None,
+) -> str:
+    """Markdown table of per-class scores, one row per class and a row of means.
+
+    ``results`` maps a method name to :func:`evaluate`'s dict (or one with the same
+    keys). By default the columns are every method's ``metric``; ``columns`` picks
+    (method, metric) pairs instead, e.g. ``[("U-Net", "iou"), ("U-Net", "hd95")]``.
+    n/a marks an absent class; HD95 has two decimals, the overlaps three.
+    """
+    pairs = list(columns) if columns else [(name, metric) for name in results]
+    header = [name if not columns else f"{name} {METRIC_LABELS[m]}" for name, m in pairs]
+    classes = results[pairs[0][0]]["classes"]
+
+    def fmt(v: float | None, m: str) -> str:
+        return "n/a" if v is None else f"{v:.2f}" if m == "hd95" else f"{v:.3f}"
+
+    rows = [f"| class | {' | '.join(header)} |", "|---" * (len(pairs) + 1) + "|"]
     for i, cls in enumerate(classes):
-        cells = [results[n][metric][i] for n in names]
-        rows.append(f"| {cls} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
-    means = [results[n][f"mean_{metric}"] for n in names]
-    rows.append("| **mean** | " + " | ".join(f"**{v:.3f}**" for v in means) + " |")
+        rows.append(f"| {cls} | " + " | ".join(fmt(results[n][m][i], m) for n, m in pairs) + " |")
+    means = [results[n].get(f"mean_{m}") for n, m in pairs]
+    rows.append(
+        "| **mean** | "
+        + " | ".join("" if v is None else f"**{fmt(v, m)}**" for v, (_, m) in zip(means, pairs, strict=True))
+        + " |"
+    )
     return "\n".join(rows)
 
 
@@ -147,11 +168,11 @@ def case_scores(
 ) -> dict[str, Any]:
     """Per-class IoU, Dice and HD95 (mm) of one case, as :func:`evaluate` plus ``hd95``.
 
-    HD95 is computed for the foreground classes only (class 0 is background); NaN
-    (JSON null) where the class is absent from truth or prediction.
+    HD95 is computed for every class (the sandstone's class 0, pore, is a phase like
+    the others); NaN (JSON null) where the class is absent from truth or prediction.
     """
     scores = evaluate(truth, pred, class_names)
-    distances = [None] + [hd95(truth == c, pred == c, spacing) for c in range(1, len(class_names))]
+    distances = [hd95(truth == c, pred == c, spacing) for c in range(len(class_names))]
     scores["hd95"] = [None if d is None or np.isnan(d) else float(d) for d in distances]
     valid = [d for d in scores["hd95"] if d is not None]
     scores["mean_hd95"] = float(np.mean(valid)) if valid else None

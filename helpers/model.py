@@ -86,6 +86,15 @@ def strategy_scope() -> Iterator[int]:
             yield int(strategy.num_replicas_in_sync)
 
 
+def replicas() -> int:
+    """Model copies that train in parallel (GPUs under a MirroredStrategy), 1 without one.
+
+    Keras splits each batch over them, so feed batches of per-replica batch x replicas.
+    """
+    strategy = distribution_strategy()
+    return 1 if strategy is None else int(strategy.num_replicas_in_sync)
+
+
 def build_unet(
     n_classes: int,
     in_channels: int = 1,
@@ -162,6 +171,14 @@ def build_unet(
     head = "sigmoid" if n_classes == 1 else "softmax"
     outputs = keras.layers.Activation(head, dtype="float32", name="probabilities")(logits)
     return keras.Model(inputs, outputs, name=f"unet3d_{backbone}")
+
+
+def head_layer(model: keras.Model) -> keras.layers.Layer:
+    """The library's last convolution (``final_conv``), the only layer whose size depends on the classes."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            return layer.get_layer("final_conv")
+    return model.get_layer("final_conv")
 
 
 def count_parameters(model: keras.Model, trainable: bool = True) -> int:

@@ -3,8 +3,9 @@
 The windows follow nnU-Net: along each axis the starts are spaced evenly from 0 to
 ``size - patch``, so the last window sits flush with the border and every voxel is
 covered, whatever the volume size. Overlapping predictions are blended with a
-separable Gaussian importance map (sigma = patch / 8) instead of letting the last
-patch win, which is what ``patchify.unpatchify`` does.
+separable Gaussian importance map (sigma = patch / 8). ``patchify.unpatchify`` blends
+nothing: with overlapping steps it keeps only the patches that do not overlap and
+throws the others away.
 
 All shapes are ``(Z, Y, X)`` or ``(Z, Y, X, C)``; see :mod:`helpers`.
 """
@@ -153,7 +154,7 @@ def gaussian_weights(patch_size: int | Sequence[int], sigma_scale: float = 1 / 8
 
 
 def blend_weights(patch_size: int | Sequence[int], blend: Blend) -> np.ndarray | None:
-    """The single-channel weight map for ``blend``; None for ``"none"`` (last window wins)."""
+    """The single-channel weight map for ``blend``; None for ``"none"`` (no blending)."""
     if blend not in BLENDS:
         raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
     if blend == "gaussian":
@@ -180,7 +181,7 @@ def stitch_patches(
 
     Each patch is added with its blend weight into an accumulator and the sum is
     divided by the summed weights; ``blend="none"`` copies patches in order so the
-    last one wins (patchify's behaviour, for comparison). Windows reaching past
+    last one covers each voxel (no blending, for comparison). Windows reaching past
     ``shape`` (from padding) are clipped. Returns float32 (Z, Y, X[, C]).
     """
     patches = np.asarray(patches)

@@ -1,19 +1,26 @@
-"""Results on disk: JSON records that the notebooks write and the runner's summary reads.
+"""Results on disk: the JSON records the notebooks write, and ``summary.md`` made from them.
 
-``<output_dir>/metrics/<dataset>.json`` holds one section per step ("training",
-"evaluation", "inference"), each a dict; :func:`record` merges a section in and
-:func:`read_records` reads them all back for ``summary.md``.
+``<output_dir>/metrics/<dataset>.json`` holds one section per step, each a dict:
+"training" (04: seconds, epochs_run, seconds_per_epoch, precision), "evaluation"
+(05: part, classes, cases, unet and baseline scores, best_validation_mean_iou,
+validation_cases, model) and "inference" (06: shape, overlap, seconds and seam
+errors). :func:`record` merges a section in; :func:`write_summary` reads them all
+back. This module is the one place that knows that layout.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from helpers.config import dataset_label
 from helpers.io import write_text_atomic
+from helpers.metrics import scores_table
 
 
 def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
@@ -36,3 +43,75 @@ def read_records(output_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]
     """Every ``metrics/<dataset>.json`` under ``output_dir``: {dataset: {section: data}}."""
     folder = Path(output_dir) / "metrics"
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def write_summary(out: Path, profile: str, timings: Sequence[tuple[str, str, float]], total: float) -> Path:
+    """Write ``summary.md``: test scores of the U-Net (and multi-Otsu where it applies), training, timings."""
+    lines = [
+        "# Course run summary",
+        "",
+        f"- Profile: **{profile}**; finished {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+        f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
+        f"- Total notebook time: {total:.0f} s",
+        "",
+        "Each dataset is split three ways: **train** (patches to learn from), **validation** (picks the",
+        "best checkpoint) and **test** (scored once, below). The test part never took part in training",
+        "or in choosing the checkpoint: a slab of a single volume, or whole cases of a dataset folder.",
+        "",
+    ]
+    for dataset, data in read_records(out).items():
+        ev = data.get("evaluation")
+        if ev:
+            unet, base = ev["unet"], ev.get("baseline")
+            cases = ", ".join(f"{name} {shape}" for name, shape in ev.get("cases", {}).items())
+            methods = {"U-Net": {"classes": ev["classes"], **unet}}
+            columns = [("U-Net", "iou"), ("U-Net", "dice"), ("U-Net", "hd95")]
+            if base:
+                methods["multi-Otsu"] = {"classes": ev["classes"], **base}
+                columns.insert(0, ("multi-Otsu", "iou"))
+            lines += [
+                f"## {dataset}: test scores" + (", U-Net against multi-Otsu" if base else ""),
+                "",
+                f"Test part: {cases} (voxels, native grid). Model `{ev.get('model')}`.",
+                f"Best validation mean IoU (patches of {', '.join(ev.get('validation_cases', []))}, "
+                f"used to pick the checkpoint): {_fmt(ev.get('best_validation_mean_iou'))}.",
+                "",
+                scores_table(methods, columns=columns),
+                "",
+            ]
+            if base:
+                lines += [
+                    f"U-Net minus multi-Otsu, mean test IoU: **{unet['mean_iou'] - base['mean_iou']:+.3f}**",
+                    "",
+                ]
+            else:
+                lines += [f"({ev.get('baseline_note')})", ""]
+            lines += [
+                "Means are over test cases; a class absent from a case is left out of that case (n/a).",
+                "",
+            ]
+        tr = data.get("training")
+        if tr:
+            lines += [
+                f"Training ({dataset}): {tr.get('epochs_run')} epochs in {tr.get('seconds', 0):.0f} s, "
+                f"{tr.get('seconds_per_epoch', 0):.1f} s/epoch, precision {tr.get('precision')}.",
+                "",
+            ]
+        inf = data.get("inference")
+        if inf:
+            lines += [
+                f"Whole-volume prediction ({dataset}, {inf.get('shape')}): "
+                f"overlap 0 / no blending {inf.get('seconds_overlap0', 0):.1f} s, "
+                f"overlap {inf.get('overlap')} / Gaussian {inf.get('seconds_blended', 0):.1f} s; "
+                f"test error within 2 voxels of a seam {inf.get('seam_error_overlap0', 0):.4f} "
+                f"against {inf.get('seam_error_blended', 0):.4f}.",
+                "",
+            ]
+    lines += ["## Notebook timings", "", "| notebook | dataset | seconds |", "|---|---|---|"]
+    lines += [f"| {n} | {d} | {s:.1f} |" for n, d, s in timings]
+    out.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")

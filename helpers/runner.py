@@ -11,12 +11,9 @@ folder of your own instead.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +25,7 @@ from helpers.config import (
     dataset_label,
     resolve_profile_name,
 )
-from helpers.io import write_text_atomic
-from helpers.results import read_records
+from helpers.results import write_summary
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 COURSE = (
@@ -122,88 +118,6 @@ def run_course(
     summary = write_summary(out, chosen, timings, total)
     print(f"Done in {total:.0f} s. Summary: {summary}")
     return summary
-
-
-def _fmt(v: float | None, digits: int = 3) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
-
-
-def write_summary(out: Path, profile: str, timings: Sequence[tuple[str, str, float]], total: float) -> Path:
-    """Write ``summary.md``: test scores of the U-Net (and multi-Otsu where it applies), training, timings."""
-    lines = [
-        "# Course run summary",
-        "",
-        f"- Profile: **{profile}**; finished {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
-        f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
-        f"- Total notebook time: {total:.0f} s",
-        "",
-        "Each dataset is split three ways: **train** (patches to learn from), **validation** (picks the",
-        "best checkpoint) and **test** (scored once, below). The test part never took part in training",
-        "or in choosing the checkpoint: a slab of a single volume, or whole cases of a dataset folder.",
-        "",
-    ]
-    for dataset, data in read_records(out).items():
-        ev = data.get("evaluation")
-        if ev:
-            unet, base = ev["unet"], ev.get("baseline")
-            cases = ", ".join(f"{name} {shape}" for name, shape in ev.get("cases", {}).items())
-            lines += [
-                f"## {dataset}: test scores" + (", U-Net against multi-Otsu" if base else ""),
-                "",
-                f"Test part: {cases} (voxels, native grid). Model `{ev.get('model')}`.",
-                f"Best validation mean IoU (patches of {', '.join(ev.get('validation_cases', []))}, "
-                f"used to pick the checkpoint): {_fmt(ev.get('best_validation_mean_iou'))}.",
-                "",
-                "| class | "
-                + ("multi-Otsu IoU | " if base else "")
-                + "U-Net IoU | U-Net Dice | U-Net HD95 (mm) |",
-                "|---" * (5 if base else 4) + "|",
-            ]
-            for i, cls in enumerate(ev["classes"]):
-                cells = ([_fmt(base["iou"][i])] if base else []) + [
-                    _fmt(unet["iou"][i]),
-                    _fmt(unet["dice"][i]),
-                    _fmt(unet["hd95"][i], 2),
-                ]
-                lines.append(f"| {cls} | " + " | ".join(cells) + " |")
-            mean = ([f"**{_fmt(base['mean_iou'])}**"] if base else []) + [
-                f"**{_fmt(unet['mean_iou'])}**",
-                f"**{_fmt(unet['mean_dice'])}**",
-                "",
-            ]
-            lines += ["| **mean** | " + " | ".join(mean) + " |", ""]
-            if base:
-                lines += [
-                    f"U-Net minus multi-Otsu, mean test IoU: **{unet['mean_iou'] - base['mean_iou']:+.3f}**",
-                    "",
-                ]
-            else:
-                lines += [f"({ev.get('baseline_note')})", ""]
-            lines += [
-                "Means are over test cases; a class absent from a case is left out of that case (n/a).",
-                "",
-            ]
-        tr = data.get("training")
-        if tr:
-            lines += [
-                f"Training ({dataset}): {tr.get('epochs_run')} epochs in {tr.get('seconds', 0):.0f} s, "
-                f"{tr.get('seconds_per_epoch', 0):.1f} s/epoch, precision {tr.get('precision')}.",
-                "",
-            ]
-        inf = data.get("inference")
-        if inf:
-            lines += [
-                f"Whole-volume prediction ({dataset}, {inf.get('shape')}): "
-                f"overlap 0 / no blending {inf.get('seconds_overlap0', 0):.1f} s, "
-                f"overlap {inf.get('overlap')} / Gaussian {inf.get('seconds_blended', 0):.1f} s; "
-                f"test error within 2 voxels of a seam {inf.get('seam_error_overlap0', 0):.4f} "
-                f"against {inf.get('seam_error_blended', 0):.4f}.",
-                "",
-            ]
-    lines += ["## Notebook timings", "", "| notebook | dataset | seconds |", "|---|---|---|"]
-    lines += [f"| {n} | {d} | {s:.1f} |" for n, d, s in timings]
-    out.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

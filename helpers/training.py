@@ -7,11 +7,14 @@ resumes from the last finished epoch and loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import shutil
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,40 +118,52 @@ def check_epochs(epochs: Any) -> int:
     return int(epochs)
 
 
-def train(
-    model: keras.Model,
-    train_data: PatchSampler,
-    val_data: PatchSampler | None,
-    epochs: int,
+@dataclass
+class TrainingRun:
+    """What :func:`training_run` hands to the ``model.fit`` call inside its block.
+
+    ``done`` is True for a run folder that already holds a finished run: fit nothing.
+    Otherwise fit from ``initial_epoch`` with ``callbacks`` (after any callback that
+    may stop training, such as EarlyStopping).
+    """
+
+    run_dir: Path
+    epochs: int
+    initial_epoch: int
+    done: bool
+    callbacks: list[keras.callbacks.Callback]
+
+
+@contextlib.contextmanager
+def training_run(
     run_dir: str | os.PathLike[str],
-    learning_rate: float = 1e-3,
-    loss: str = "dice+ce",
-    class_names: tuple[str, ...] | None = None,
-    early_stopping_patience: int | None = None,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
-    verbose: str | int = 2,
-) -> dict[str, list[float]]:
-    """Train with Adam in ``run_dir``, resuming where an interrupted call stopped.
+    epochs: int,
+    monitor: str = "val_mean_iou",
+    record: dict[str, Any] | None = None,
+) -> Iterator[TrainingRun]:
+    """Lock ``run_dir`` and resume what an interrupted training left there, for one ``model.fit``.
 
-    ``run_dir`` is locked while training (:func:`helpers.runs.run_lock`): a second
-    training on it fails at once with :class:`helpers.runs.RunLockedError`. It
-    receives ``best.keras`` (best validation mean IoU, architecture and weights
-    only, loadable with ``safe_mode=True``), ``log.csv`` (one row per finished
-    epoch), ``backup/`` (the resume point, removed when training completes) and
-    ``complete.json``. Every file is written atomically and each epoch is committed
-    (:class:`RunCheckpoint`), so after a kill at any moment the next call resumes
-    after the last committed epoch. A completed run with ``epochs`` or more epochs is
-    not trained again; asking a completed run for more epochs raises
-    :class:`helpers.runs.RunFolderError` (delete ``run_dir`` or choose another).
+    The folder is locked for the block (:func:`helpers.runs.run_lock`): a second
+    training on it fails at once with :class:`helpers.runs.RunLockedError`. The
+    yielded :class:`TrainingRun` says where to start; its :class:`RunCheckpoint`
+    commits every finished epoch atomically, so after a kill at any moment the next
+    call resumes after the last committed epoch. When the block ends with all
+    ``epochs`` committed (or an early stop), ``complete.json`` is written and the
+    resume point removed; a completed run is never trained again, and asking it for
+    more epochs raises :class:`helpers.runs.RunFolderError`. ``training.json``
+    records the seconds per epoch of the epochs this call trained, with ``record``.
 
-    Returns the whole history read from ``log.csv``: {metric: [value per epoch]}.
+    Example
+    -------
+    >>> with training_run("runs/demo", epochs=10) as run:  # doctest: +SKIP
+    ...     if not run.done:
+    ...         model.fit(data, epochs=10, initial_epoch=run.initial_epoch, callbacks=run.callbacks)
     """
     epochs = check_epochs(epochs)
     run_dir = Path(run_dir)
-    log_path = run_dir / "log.csv"
-    monitor = "val_mean_iou" if val_data is not None else "mean_iou"
     with run_lock(run_dir):
         done = read_complete(run_dir)
+        commit = None
         if done is None:
             commit = latest_commit(run_dir)
             if commit is not None and (commit.epochs_done >= epochs or commit.stopped_early):
@@ -161,38 +176,85 @@ def train(
                     "delete it or choose another run_dir"
                 )
             print(f"{run_dir} already holds a completed {done['epochs']}-epoch run; delete it to retrain.")
-            return read_log(log_path)
+            yield TrainingRun(run_dir, epochs, int(done.get("epochs_run", epochs)), True, [])
+            return
         settle(run_dir, commit)
         resumed = commit.epochs_done if commit else 0
         if resumed:
             print(f"Resuming from {run_dir}: {resumed} epoch(s) already done.")
-
-        n_classes = int(model.output.shape[-1])
-        with strategy_scope():
-            model.compile(
-                optimizer=keras.optimizers.Adam(learning_rate),
-                loss=SegmentationLoss(loss),
-                metrics=iou_metrics(n_classes, class_names),
-            )
-        cbs: list[keras.callbacks.Callback] = []
-        if early_stopping_patience:
-            cbs.append(
-                keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=early_stopping_patience)
-            )
         checkpoint = RunCheckpoint(run_dir, commit, monitor)
-        cbs += [checkpoint, *callbacks]
-        train_data.epoch = resumed
-        model.fit(
-            train_data,
-            validation_data=val_data,
-            epochs=epochs,
-            initial_epoch=resumed,
-            callbacks=cbs,
-            verbose=verbose,
+        start = time.perf_counter()
+        yield TrainingRun(run_dir, epochs, resumed, False, [checkpoint])
+        ran = checkpoint.commit.epochs_done - resumed
+        if ran > 0:
+            elapsed = time.perf_counter() - start
+            timing = {"seconds": elapsed, "epochs_run": ran, "seconds_per_epoch": elapsed / ran}
+            write_text_atomic(run_dir / "training.json", json.dumps({**timing, **(record or {})}, indent=1))
+        if checkpoint.commit.epochs_done >= epochs or checkpoint.commit.stopped_early:
+            _complete(run_dir, checkpoint.commit, epochs)
+            settle_complete(run_dir)
+
+
+def compile_for_training(
+    model: keras.Model,
+    learning_rate: float = 1e-3,
+    loss: str = "dice+ce",
+    class_names: tuple[str, ...] | None = None,
+) -> keras.Model:
+    """Compile ``model`` with Adam, :class:`helpers.model.SegmentationLoss` and the IoU metrics."""
+    n_classes = int(model.output.shape[-1])
+    with strategy_scope():
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss=SegmentationLoss(loss),
+            metrics=iou_metrics(n_classes, class_names),
         )
-        _complete(run_dir, checkpoint.commit, epochs)
-        settle_complete(run_dir)
-    return read_log(log_path)
+    return model
+
+
+def train(
+    model: keras.Model,
+    train_data: PatchSampler,
+    val_data: PatchSampler | None,
+    epochs: int,
+    run_dir: str | os.PathLike[str],
+    learning_rate: float = 1e-3,
+    loss: str = "dice+ce",
+    class_names: tuple[str, ...] | None = None,
+    early_stopping_patience: int | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: str | int = 2,
+    record: dict[str, Any] | None = None,
+) -> dict[str, list[float]]:
+    """Compile and fit ``model`` in a :func:`training_run` on ``run_dir``, resuming if interrupted.
+
+    ``run_dir`` receives ``best.keras`` (best validation mean IoU, architecture and
+    weights only, loadable with ``safe_mode=True``), ``log.csv`` (one row per
+    finished epoch), ``backup/`` (the resume point, removed when training completes),
+    ``training.json`` and ``complete.json``; see :func:`training_run`.
+
+    Returns the whole history read from ``log.csv``: {metric: [value per epoch]}.
+    """
+    monitor = "val_mean_iou" if val_data is not None else "mean_iou"
+    with training_run(run_dir, epochs, monitor, record) as run:
+        if not run.done:
+            compile_for_training(model, learning_rate, loss, class_names)
+            cbs: list[keras.callbacks.Callback] = []
+            if early_stopping_patience:
+                stop = keras.callbacks.EarlyStopping(
+                    monitor=monitor, mode="max", patience=early_stopping_patience
+                )
+                cbs.append(stop)
+            train_data.epoch = run.initial_epoch
+            model.fit(
+                train_data,
+                validation_data=val_data,
+                epochs=run.epochs,
+                initial_epoch=run.initial_epoch,
+                callbacks=[*cbs, *run.callbacks, *callbacks],
+                verbose=verbose,
+            )
+    return read_log(Path(run_dir) / "log.csv")
 
 
 def _complete(run_dir: Path, commit: Commit, epochs: int) -> dict[str, Any]:

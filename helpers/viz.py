@@ -20,6 +20,8 @@ from matplotlib.patches import Patch, Rectangle
 from helpers.patches import Window
 
 CLASS_COLOURS = ["#00000000", "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4"]
+#: Colour of 0/1 mask overlays such as an error map (no class uses it).
+MASK_COLOUR = "#ff00ff"
 AXES = ("z", "y", "x")
 VIEW_NAMES = {"z": "axial (z)", "y": "coronal (y)", "x": "sagittal (x)"}
 
@@ -207,8 +209,15 @@ class SliceViewer:
     overlays : mapping of panel title -> (Z, Y, X) label array
         Each gets a panel with the image underneath (e.g. truth, prediction, error).
     class_names : sequence of str
+        Class 0 is drawn transparent, and the legend says so.
     axis : "z", "y" or "x"
         The slicing axis shown first; the ``axis`` dropdown changes it.
+    spacing : 3 floats
+        Voxel size (Z, Y, X) in mm, so a slice is shown with its true proportions
+        (a 20-slice CT at 2 mm is not squashed into a strip).
+    masks : sequence of str
+        Overlays that are 0/1 masks rather than class maps (e.g. "error"): drawn in
+        :data:`MASK_COLOUR` and named in the legend by their own title.
 
     Use ``viewer.widget`` in a notebook. ``viewer.sliders[axis].value = i`` moves
     it from code; ``viewer.artists`` are the displayed images.
@@ -220,10 +229,19 @@ class SliceViewer:
         overlays: Mapping[str, np.ndarray] | None = None,
         class_names: Sequence[str] | None = None,
         axis: str = "z",
+        spacing: Sequence[float] = (1.0, 1.0, 1.0),
+        masks: Sequence[str] = (),
     ) -> None:
         import ipywidgets as w
 
         self.image = image
+        self.spacing = tuple(float(s) for s in spacing)
+        if len(self.spacing) != 3 or min(self.spacing) <= 0:
+            raise ValueError(f"spacing must be 3 positive numbers (Z, Y, X), got {spacing!r}")
+        self.masks = set(masks)
+        unknown = self.masks - set(overlays or {})
+        if unknown:
+            raise ValueError(f"masks {sorted(unknown)} are not overlays")
         self.overlays = dict(overlays or {})
         for name, lab in self.overlays.items():
             if lab.shape != image.shape[:3]:
@@ -247,14 +265,15 @@ class SliceViewer:
         self._draw_static()
         for control in (self.axis, self.opacity, *self.sliders.values()):
             control.observe(self._on_change, names="value")
-        legend = w.HTML(
-            " ".join(
-                f'<span style="background:{matplotlib.colors.to_hex(self.cmap(i))};padding:0 8px">'
-                f"&nbsp;</span> {name}"
-                for i, name in enumerate(self.class_names)
-                if i > 0
-            )
-        )
+        swatch = '<span style="background:{};padding:0 8px">&nbsp;</span> <b>{}</b>'
+        entries = [f"<b>{self.class_names[0]}</b>: transparent"]
+        entries += [
+            swatch.format(matplotlib.colors.to_hex(self.cmap(i)), name)
+            for i, name in enumerate(self.class_names)
+            if i > 0
+        ]
+        entries += [swatch.format(MASK_COLOUR, name) for name in self.overlays if name in self.masks]
+        legend = w.HTML(" &nbsp; ".join(entries))
         self.widget = w.VBox(
             [w.HBox([self.axis, self.opacity]), w.HBox(list(self.sliders.values())), legend, self.out]
         )
@@ -269,24 +288,33 @@ class SliceViewer:
         slices = self._slices()
         vmin, vmax = np.percentile(self.image, [1, 99])
         self.artists = []
+        aspect = self.aspect()
+        names = ["image", *self.overlays]
         for k, ax in enumerate(self.axes):
             ax.clear()
             ax.axis("off")
-            self.artists.append(ax.imshow(slices[0], cmap="gray", vmin=vmin, vmax=vmax))
+            self.artists.append(ax.imshow(slices[0], cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect))
             if k:
+                is_mask = names[k] in self.masks
                 self.artists.append(
                     ax.imshow(
                         slices[k],
-                        cmap=self.cmap,
+                        cmap=ListedColormap(["#00000000", MASK_COLOUR]) if is_mask else self.cmap,
                         vmin=0,
-                        vmax=self.n_classes - 1,
+                        vmax=1 if is_mask else self.n_classes - 1,
                         alpha=self.opacity.value,
                         interpolation="nearest",
+                        aspect=aspect,
                     )
                 )
         titles = ["image", *self.overlays]
         for ax, title in zip(self.axes, titles, strict=True):
             ax.set_title(title)
+
+    def aspect(self) -> float:
+        """Height / width of one displayed pixel for the current axis, from the voxel spacing."""
+        rows, cols = [i for i in range(3) if i != AXES.index(self.axis.value)]
+        return self.spacing[rows] / self.spacing[cols]
 
     def _on_change(self, change: Mapping[str, Any]) -> None:
         if change.get("owner") is self.axis:

@@ -10,7 +10,7 @@ from helpers.datasets import (
     load_dataset,
     make_sandstone,
 )
-from helpers.experiment import multiotsu_baseline
+from helpers.evaluation import multiotsu_baseline
 from helpers.metrics import evaluate
 from helpers.sampling import PatchSampler
 from helpers.splits import slab_index, split_slabs

@@ -66,3 +66,27 @@ def test_remap_labels_and_one_hot():
         remap_labels(lab, {1: 0, 2: 1, 3: 2})
     oh = one_hot(out, 4)
     assert oh.shape == (1, 2, 2, 4) and oh.dtype == np.float32 and np.all(oh.sum(-1) == 1)
+
+
+def test_hd95_is_in_millimetres_and_nan_for_an_empty_mask():
+    from helpers.metrics import hd95
+
+    a = np.zeros((6, 5, 5), bool)
+    b = a.copy()
+    a[0, 2, 2], b[4, 2, 2] = True, True  # one voxel each, 4 slices apart
+    assert hd95(a, b, spacing=(2.0, 1.0, 1.0)) == pytest.approx(8.0)
+    assert hd95(a, a, spacing=(2.0, 1.0, 1.0)) == 0.0
+    assert np.isnan(hd95(a, np.zeros_like(a)))
+
+
+def test_case_scores_and_means_over_cases_leave_absent_classes_out():
+    from helpers.metrics import case_scores, mean_over_cases
+
+    truth = np.zeros((4, 4, 4), np.uint8)
+    truth[:2] = 1
+    one = case_scores(truth, truth, ("bg", "fg", "rare"), (1, 1, 1))
+    assert one["iou"] == [1.0, 1.0, None] and one["hd95"] == [0.0, 0.0, None]
+    other = case_scores(truth, np.zeros_like(truth), ("bg", "fg", "rare"), (1, 1, 1))
+    assert other["iou"][1] == 0.0 and other["hd95"][1] is None
+    means = mean_over_cases({"a": one, "b": other}, "iou")
+    assert means[1] == 0.5 and means[2] is None

@@ -134,3 +134,12 @@ def test_default_patch_follows_the_shape(shape, side, patch):
 
     assert default_patch_size(shape, side) == patch
     assert np.prod(patch) <= side**3 and all(p % 32 == 0 for p in patch)
+
+
+def test_the_head_is_a_3x3x3_convolution_with_433_parameters_per_class():
+    from helpers.model import head_layer
+
+    for n in (3, 4):
+        head = head_layer(build_unet(n, patch_size=32))
+        assert tuple(head.kernel.shape) == (3, 3, 3, 16, n)
+        assert head.count_params() == (16 * 27 + 1) * n

@@ -6,7 +6,7 @@ import pytest
 from helpers.datasets import make_sandstone
 from helpers.model import build_unet, iou_metrics, load_model
 from helpers.preprocessing import normalize
-from helpers.runs import commits
+from helpers.runs import RunFolderError, commits
 from helpers.sampling import PatchSampler
 from helpers.training import InterruptAfterEpoch, SimulatedInterruption, read_log, train
 
@@ -91,3 +91,21 @@ def test_best_model_file_holds_no_optimizer_state(tmp_path):
     compiled, best = (tmp_path / "compiled.keras").stat().st_size, (tmp_path / "best.keras").stat().st_size
     assert best < 0.4 * compiled and best < 200e6, (best, compiled)
     assert np.allclose(load_model(tmp_path / "best.keras").predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_seconds_per_epoch_counts_only_the_epochs_this_call_trained(tmp_path):
+    import json
+
+    from fault_worker import tiny_model
+
+    labels = np.random.default_rng(0).integers(0, 3, (20, 20, 20)).astype(np.uint8)
+    data = PatchSampler(labels.astype(np.float32), labels, 16, 2, 2, n_classes=3)
+    with pytest.raises(SimulatedInterruption):
+        train(tiny_model(), data, None, 3, tmp_path, callbacks=[InterruptAfterEpoch(1)], verbose=0)
+    assert not (tmp_path / "training.json").exists()  # the interrupted call finished no run
+    train(tiny_model(), data, None, 3, tmp_path, verbose=0, record={"note": "resumed"})
+    timing = json.loads((tmp_path / "training.json").read_text())
+    assert timing["epochs_run"] == 2 and timing["note"] == "resumed"
+    assert timing["seconds_per_epoch"] == pytest.approx(timing["seconds"] / 2)
+    with pytest.raises(RunFolderError, match="completed 3-epoch run"):
+        train(tiny_model(), data, None, 5, tmp_path, verbose=0)  # extending is refused, not retrained

@@ -44,7 +44,9 @@ def test_opacity_and_axis_controls(volume):
     viewer.axis.value = "x"
     viewer.sliders["x"].value = 5
     assert np.array_equal(viewer.artists[0].get_array(), image[:, :, 5])
-    assert "b" in viewer.widget.children[2].value  # the legend names the classes
+    legend = viewer.widget.children[2].value
+    assert "<b>b</b>" in legend and "<b>c</b>" in legend  # the legend names the classes
+    assert "<b>a</b>: transparent" in legend  # and says which one is not drawn
 
 
 def test_viewer_refuses_mismatched_overlay(volume):
@@ -53,13 +55,37 @@ def test_viewer_refuses_mismatched_overlay(volume):
         SliceViewer(image, {"bad": labels[:5]})
 
 
+def test_viewer_shows_slices_with_their_true_proportions(volume):
+    image, labels = volume
+    viewer = SliceViewer(image, {"labels": labels}, spacing=(2.0, 0.5, 0.5))
+    assert viewer.aspect() == 1.0  # axial: y against x
+    viewer.axis.value = "y"
+    assert viewer.aspect() == 4.0  # coronal: 2 mm slices against 0.5 mm columns
+    assert viewer.axes[0].get_aspect() == 4.0
+
+
+def test_error_masks_get_their_own_colour_and_legend(volume):
+    from helpers.viz import MASK_COLOUR
+
+    image, labels = volume
+    error = (labels == 1).astype(np.uint8)
+    viewer = SliceViewer(image, {"prediction": labels, "error": error}, ("a", "b", "c"), masks=["error"])
+    overlay = viewer.artists[-1]
+    assert overlay.get_cmap()(1.0)[:3] == pytest.approx(matplotlib.colors.to_rgb(MASK_COLOUR))
+    assert overlay.get_cmap()(1.0) != viewer.cmap(1)  # not class 1's colour
+    legend = viewer.widget.children[2].value
+    assert MASK_COLOUR in legend and "<b>error</b>" in legend
+
+
 def test_figures_build(volume):
     image, labels = volume
     assert len(show_orthogonal(image, labels, class_names=("a", "b", "c")).axes) == 3
-    assert plot_histogram(image, labels, ("a", "b", "c"), thresholds=[0.3]).axes
+    hist_fig = plot_histogram(image, labels, ("a", "b", "c"), thresholds=[0.3])
+    assert len(hist_fig.axes[0].get_legend().get_texts()) >= 3  # one entry per class, plus the threshold
     hist = {"loss": [1, 0.5], "val_loss": [1.2, 0.7], "mean_iou": [0.2, 0.5], "val_mean_iou": [0.1, 0.4]}
     assert len(plot_history(hist).axes) == 2
-    assert plot_confusion(np.array([[3, 1], [0, 4]]), ("a", "b")).axes
+    confusion = plot_confusion(np.array([[3, 1], [0, 4]]), ("a", "b"))
+    assert np.allclose(confusion.axes[0].images[0].get_array(), [[0.75, 0.25], [0.0, 1.0]])
     from helpers.patches import sliding_windows
 
     fig = draw_window_grid((50, 70, 90), sliding_windows((50, 70, 90), 32, 0.5), axis=0)
