@@ -71,31 +71,16 @@ def make_samplers(ds: Dataset, params: dict[str, Any], patch: tuple[int, int, in
     validation sampler without foreground oversampling, so validation is an unbiased sample."""
     from helpers.sampling import PatchSampler
 
-    names = {p: [c.name for c, _ in ds.part(p)] for p in ("train", "val")}
-    images, labels = ds.arrays("train")
-    train = PatchSampler(
-        images,
-        labels,
-        patch,
-        params["batch_size"],
-        params["steps_per_epoch"],
-        seed=0,
-        n_classes=ds.n_classes,
-        names=names["train"],
-    )
-    images, labels = ds.arrays("val")
-    val = PatchSampler(
-        images,
-        labels,
-        patch,
-        params["batch_size"],
-        params["val_steps"],
-        foreground_fraction=0.0,
-        augment=False,
-        seed=1,
-        n_classes=ds.n_classes,
-        resample_each_epoch=False,
-        names=names["val"],
+    def sampler(part: str, steps: int, **options: Any) -> PatchSampler:
+        images, labels = ds.arrays(part)
+        names = [case.name for case, _ in ds.part(part)]
+        return PatchSampler(
+            images, labels, patch, params["batch_size"], steps, n_classes=ds.n_classes, names=names, **options
+        )
+
+    train = sampler("train", params["steps_per_epoch"], seed=0)
+    val = sampler(
+        "val", params["val_steps"], foreground_fraction=0.0, augment=False, seed=1, resample_each_epoch=False
     )
     return train, val
 
