@@ -26,7 +26,7 @@ from scipy import ndimage as ndi
 
 from helpers.config import DATASETS
 from helpers.geometry import Resampling, align_to, check_spacing, reorient, to_working_grid
-from helpers.io import Volume, VolumeError, check_image, check_labels, load_volume
+from helpers.io import Volume, VolumeError, check_image, check_labels, crop_affine, load_volume
 from helpers.preprocessing import MODALITIES, apply_normalisation, fit_normalisation
 from helpers.splits import FRACTIONS, PARTS, SplitError, slab_index, split_cases, split_slabs
 
@@ -513,8 +513,14 @@ def _embedded(
 ) -> Dataset:
     """An embedded single volume as a :class:`Dataset` with one case split into three slabs."""
     ds = load_dataset(name, sandstone_shape=sandstone_shape, brain_zoom=brain_zoom, seed=seed)
-    volume = Volume(ds.image, ds.affine, "numpy", path=name)
     axis = SPLIT_AXIS[name]
+    if name == "brain":  # keep the split axis to the brain's extent, so every slab holds brain
+        present = np.flatnonzero(np.any(ds.labels > 0, axis=tuple(a for a in range(3) if a != axis)))
+        crop = [slice(None)] * 3
+        crop[axis] = slice(max(0, present[0] - 2), min(ds.labels.shape[axis], present[-1] + 3))
+        crop = tuple(crop)
+        ds = ds._replace(image=ds.image[crop], labels=ds.labels[crop], affine=crop_affine(ds.affine, crop))
+    volume = Volume(ds.image, ds.affine, "numpy", path=name)
     bounds = split_slabs(ds.image.shape, axis, fractions)
     train = slab_index(bounds["train"], axis)
     modality = "MR" if name == "brain" else "other"
