@@ -73,6 +73,10 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
         check_finished_run(tmp_path / f"kill{i}")
     assert finish(start(tmp_path / "kill0")) == []  # a finished run is never retrained
     seen = [r[0] for r in results]
+    print(
+        f"kills at {np.round(moments, 2)} s of {duration:.2f} s: epochs committed {seen}, "
+        f"inside a write {[r[1] for r in results]}"
+    )
     assert len(set(seen)) >= 3, seen  # the kills really were spread over the run
     assert sum(r[1] for r in results) >= 2, results  # and some landed inside a write
 
