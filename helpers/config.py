@@ -18,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The course's public home (owner/name on GitHub). Every notebook's Colab and Binder
+#: badges and its Colab setup cell use it; ``tests/test_notebooks.py`` checks that they
+#: agree. A fork changes it here and in the notebooks together.
+COURSE_REPO = "unet3d-course/unet3d-course"
+COURSE_URL = f"https://github.com/{COURSE_REPO}"
 OUTPUTS = REPO_ROOT / "outputs"
 
 #: Parameters a notebook's ``parameters`` cell may set; None there means "take the profile's".

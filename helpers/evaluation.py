@@ -30,7 +30,12 @@ def native_labels(ds: Dataset, name: str) -> tuple[np.ndarray, tuple[float, floa
 
 
 def score_test(
-    model: Any, ds: Dataset, params: dict[str, Any], part: str = "test", baseline: bool = True
+    model: Any,
+    ds: Dataset,
+    params: dict[str, Any],
+    part: str = "test",
+    baseline: bool = True,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Score ``model`` on every case (or the slab) of ``part`` at native resolution.
 
@@ -53,7 +58,7 @@ def score_test(
             overlap=params["overlap"],
             batch_size=params["batch_size"],
             output="labels",
-            progress=False,
+            progress=progress,
         )
         if ds.split["kind"] == "slabs":
             truth, spacing = case.labels[region], ds.target_spacing

@@ -23,9 +23,11 @@ from helpers.config import (
     ProfileError,
     check_dataset,
     dataset_label,
+    get_params,
     resolve_profile_name,
 )
-from helpers.results import write_summary
+from helpers.results import read_records, write_summary
+from helpers.runs import read_log
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 COURSE = (
@@ -62,21 +64,48 @@ def course_plan(dataset: str | None = None) -> list[tuple[str, str]]:
     return [(n, "sandstone") for n in present] + [(n, "brain") for n in SECOND_PASS if n in present]
 
 
+#: Environment of the notebook kernels: TensorFlow's C++ logging off (its INFO and
+#: WARNING lines, "cuInit: UNKNOWN ERROR (303)" without a GPU, look like failures).
+KERNEL_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _quiet_kernel_manager(log_path: Path) -> type:
+    """A Jupyter kernel manager whose kernel process writes its own stderr to ``log_path``.
+
+    What a kernel process prints outside any cell (the "Kernel is running over TCP
+    without encryption" notice, C++ library logs) then stays off the console; what
+    cells print is still captured in the executed notebook, and errors still stop the run.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:
+            with open(log_path, "ab") as log:
+                kw.setdefault("stderr", log)
+                await super().start_kernel(**kw)
+
+    return QuietKernelManager
+
+
 def execute_notebook(
     name: str | os.PathLike[str], parameters: dict[str, Any], output_path: str | os.PathLike[str]
 ) -> float:
     """Run a notebook (a course name such as ``"02_patchify"`` or a path) with papermill.
 
-    Returns the wall time in seconds. Raises :class:`NotebookError` naming the
-    notebook, the failing cell and the error.
+    The kernel runs with :data:`KERNEL_ENV` and its process's stderr goes to
+    ``<output_path>.kernel.log``. Returns the wall time in seconds. Raises
+    :class:`NotebookError` naming the notebook, the failing cell and the error.
     """
     import papermill as pm
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for key, value in KERNEL_ENV.items():
+        os.environ.setdefault(key, value)
     source = Path(name) if str(name).endswith(".ipynb") else NOTEBOOK_DIR / f"{name}.ipynb"
     name = source.stem
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    kernel_log = output_path.with_suffix(".kernel.log")
+    kernel_log.unlink(missing_ok=True)
     start = time.perf_counter()
     try:
         pm.execute_notebook(
@@ -86,13 +115,68 @@ def execute_notebook(
             kernel_name="python3",
             cwd=str(source.parent),
             progress_bar=False,
+            kernel_manager_class=_quiet_kernel_manager(kernel_log),
         )
     except pm.PapermillExecutionError as err:
         raise NotebookError(
             f"{name}.ipynb failed in cell {err.cell_index} (execution count {err.exec_count}): "
             f"{err.ename}: {err.evalue}. Executed copy: {output_path}"
         ) from None
+    except Exception as err:  # a kernel that dies or never starts: its own log says why
+        raise NotebookError(
+            f"{name}.ipynb stopped: {type(err).__name__}: {err}. Kernel log: {kernel_log}"
+        ) from err
     return time.perf_counter() - start
+
+
+class TrainingProgress:
+    """Print "epoch k/n, validation IoU, ETA" lines while a notebook trains, read from ``log.csv``.
+
+    A daemon thread polls the run's log every ``interval`` seconds; it only reads, so
+    it cannot disturb the training, and it stops with :meth:`stop` (or the ``with`` block).
+    """
+
+    def __init__(self, log_path: Path, epochs: int, interval: float = 2.0) -> None:
+        import threading
+
+        self.log_path, self.epochs, self.interval = Path(log_path), int(epochs), interval
+        self.seen = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> TrainingProgress:
+        self.start = time.perf_counter()
+        self.first = self.seen = self._rows()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._report()
+
+    def _rows(self) -> int:
+        try:
+            return len(read_log(self.log_path).get("epoch", []))
+        except (OSError, ValueError):
+            return self.seen
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._report()
+
+    def _report(self) -> None:
+        rows = self._rows()
+        if rows <= self.seen:
+            return
+        iou = read_log(self.log_path).get("val_mean_iou", [float("nan")])[-1]
+        per_epoch = (time.perf_counter() - self.start) / (rows - self.first)
+        eta = per_epoch * (self.epochs - rows)
+        print(
+            f"          epoch {rows}/{self.epochs}  validation IoU {iou:.3f}  ETA {eta / 60:4.1f} min",
+            flush=True,
+        )
+        self.seen = rows
 
 
 def run_course(
@@ -112,12 +196,37 @@ def run_course(
         params = {"profile": chosen, "dataset": data, "output_dir": str(out.resolve())}
         target = out / "executed" / f"{name}-{dataset_label(data)}.ipynb"
         print(f"[{time.perf_counter() - start:7.1f} s] {name} ({dataset_label(data)}) ...", flush=True)
-        seconds = execute_notebook(name, params, target)
+        if name == "04_training":
+            run = get_params(chosen, data, output_dir=params["output_dir"])
+            with TrainingProgress(Path(run["run_dir"]) / "log.csv", run["epochs"]):
+                seconds = execute_notebook(name, params, target)
+        else:
+            seconds = execute_notebook(name, params, target)
+        print(
+            f"[{time.perf_counter() - start:7.1f} s] {name} ({dataset_label(data)}) done in {seconds:.0f} s"
+        )
         timings.append((name, dataset_label(data), seconds))
     total = time.perf_counter() - start
     summary = write_summary(out, chosen, timings, total)
-    print(f"Done in {total:.0f} s. Summary: {summary}")
+    print(f"\nDone in {total:.0f} s.")
+    for line in headline(out):
+        print(line)
+    print(f"Summary: {summary}\nFigures: {out / 'figures'}\nExecuted notebooks: {out / 'executed'}")
     return summary
+
+
+def headline(out: Path) -> list[str]:
+    """One line per dataset: mean test IoU of the U-Net, and of multi-Otsu where it applies."""
+    lines = []
+    for dataset, data in read_records(out).items():
+        ev = data.get("evaluation")
+        if not ev:
+            continue
+        line = f"{dataset}: test mean IoU {ev['unet']['mean_iou']:.3f} (U-Net)"
+        if ev.get("baseline"):
+            line += f" against {ev['baseline']['mean_iou']:.3f} (multi-Otsu)"
+        lines.append(line)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -171,6 +171,18 @@ def log_text(history: Sequence[dict[str, float]]) -> str:
     return buf.getvalue()
 
 
+def read_log(path: str | os.PathLike[str]) -> dict[str, list[float]]:
+    """The CSV training log as {column: values}, one value per finished epoch."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {k: [float(r[k]) if k != "epoch" else int(r[k]) for r in rows] for k in rows[0]}
+
+
 def settle(run_dir: str | os.PathLike[str], commit: Commit | None) -> None:
     """Make the derived files agree with ``commit`` (None: a fresh start). Idempotent.
 

@@ -8,7 +8,6 @@ resumes from the last finished epoch and loses nothing.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ import numpy as np
 
 from helpers.io import atomic_path, write_text_atomic
 from helpers.model import SegmentationLoss, iou_metrics, strategy_scope
-from helpers.runs import (
+from helpers.runs import (  # read_log: re-exported for the notebooks
     Commit,
     RunFolderError,
     backup_dir,
@@ -31,6 +30,7 @@ from helpers.runs import (
     latest_commit,
     leftover_temporaries,
     read_complete,
+    read_log,
     run_lock,
     settle,
     weights_path,
@@ -97,18 +97,6 @@ class RunCheckpoint(keras.callbacks.Callback):
         )
         write_commit(self.run_dir, self.commit)
         settle(self.run_dir, self.commit)
-
-
-def read_log(path: str | os.PathLike[str]) -> dict[str, list[float]]:
-    """The CSV training log as {column: values}, one value per finished epoch."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return {}
-    return {k: [float(r[k]) if k != "epoch" else int(r[k]) for r in rows] for k in rows[0]}
 
 
 def check_epochs(epochs: Any) -> int:

@@ -220,7 +220,8 @@ class SliceViewer:
         :data:`MASK_COLOUR` and named in the legend by their own title.
 
     Use ``viewer.widget`` in a notebook. ``viewer.sliders[axis].value = i`` moves
-    it from code; ``viewer.artists`` are the displayed images.
+    it from code; ``viewer.artists`` are the displayed images and ``viewer.picture``
+    the PNG the browser shows.
     """
 
     def __init__(
@@ -256,7 +257,7 @@ class SliceViewer:
             for a, s in zip(AXES, image.shape[:3], strict=True)
         }
         self.opacity = w.FloatSlider(value=0.45, min=0, max=1, step=0.05, description="opacity")
-        self.out = w.Output()
+        self.picture = w.Image(format="png")
         panels = 1 + len(self.overlays)
         with plt.ioff():
             self.fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4.2), squeeze=False)
@@ -275,7 +276,7 @@ class SliceViewer:
         entries += [swatch.format(MASK_COLOUR, name) for name in self.overlays if name in self.masks]
         legend = w.HTML(" &nbsp; ".join(entries))
         self.widget = w.VBox(
-            [w.HBox([self.axis, self.opacity]), w.HBox(list(self.sliders.values())), legend, self.out]
+            [w.HBox([self.axis, self.opacity]), w.HBox(list(self.sliders.values())), legend, self.picture]
         )
         self._render()
 
@@ -319,8 +320,7 @@ class SliceViewer:
     def _on_change(self, change: Mapping[str, Any]) -> None:
         if change.get("owner") is self.axis:
             self._draw_static()
-        else:
-            self.update()
+        self.update()
         self._render()
 
     def update(self) -> None:
@@ -337,8 +337,14 @@ class SliceViewer:
         self.fig.suptitle(f"{VIEW_NAMES[a]} = {self.sliders[a].value}")
 
     def _render(self) -> None:
-        from IPython.display import display
+        """Draw the figure into the image widget as PNG bytes.
 
-        self.out.clear_output(wait=True)
-        with self.out:
-            display(self.fig)
+        An explicit PNG, not ``display(fig)``: with the Agg backend (scripts, papermill,
+        CI) IPython has no image formatter for figures and would show the text
+        ``<Figure size ...>`` instead of the slice.
+        """
+        import io
+
+        buffer = io.BytesIO()
+        self.fig.savefig(buffer, format="png", dpi=80)
+        self.picture.value = buffer.getvalue()

@@ -47,6 +47,25 @@ def test_notebook_skeleton(path):
     assert all(not c.get("outputs") and not c.get("execution_count") for c in cells if c.cell_type == "code")
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_badges_and_setup_cell_use_the_one_course_address(path):
+    import re
+
+    from helpers.config import COURSE_REPO, COURSE_URL
+
+    cells = nbformat.read(path, as_version=4).cells
+    name = path.name
+    assert f"colab.research.google.com/github/{COURSE_REPO}/blob/main/notebooks/{name}" in cells[0].source
+    assert f"mybinder.org/v2/gh/{COURSE_REPO}/main?labpath=notebooks%2F{name}" in cells[0].source
+    setup = next(c.source for c in cells if '"google.colab" in sys.modules' in c.source)
+    assert COURSE_URL in setup
+    text = "\n".join(c.source for c in cells)
+    addresses = set(re.findall(r"github(?:\.com)?/([\w.-]+/[\w.-]+)", text)) | set(
+        re.findall(r"/gh/([\w.-]+/[\w.-]+)/", text)
+    )
+    assert addresses == {COURSE_REPO}, addresses
+
+
 def test_training_notebook_shows_build_compile_and_fit():
     source = "\n".join(c.source for c in nbformat.read(NOTEBOOK_DIR / "04_training.ipynb", 4).cells)
     for call in ("build_unet(", "model.compile(", "SegmentationLoss(", "iou_metrics(", "model.fit("):

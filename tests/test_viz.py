@@ -34,6 +34,10 @@ def test_slider_changes_the_displayed_slice(volume):
     assert np.array_equal(viewer.artists[0].get_array(), image[3])
     assert not np.array_equal(viewer.artists[0].get_array(), shown)
     assert np.array_equal(viewer.artists[2].get_array(), labels[3])  # overlay panel follows
+    first = viewer.picture.value
+    viewer.sliders["z"].value = 4
+    assert viewer.picture.value[:8] == b"\x89PNG\r\n\x1a\n"  # what the browser shows: a real image
+    assert viewer.picture.value != first
 
 
 def test_opacity_and_axis_controls(volume):

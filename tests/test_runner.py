@@ -1,0 +1,56 @@
+"""Issue 14: what `make run` prints: one line per notebook, training progress, no kernel noise."""
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+
+from helpers.runner import TrainingProgress
+from helpers.runs import log_text
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_training_progress_prints_each_new_epoch_with_iou_and_eta(tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    rows = []
+
+    def write_epochs():
+        for epoch in range(3):
+            time.sleep(0.3)
+            rows.append({"epoch": epoch, "loss": 1.0, "val_mean_iou": 0.1 * (epoch + 1)})
+            log.write_text(log_text(rows))
+
+    writer = threading.Thread(target=write_epochs)
+    with TrainingProgress(log, epochs=3, interval=0.05):
+        writer.start()
+        writer.join()
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in printed] == ["1/3", "2/3", "3/3"]
+    assert "validation IoU 0.300" in printed[-1] and "ETA  0.0 min" in printed[-1]
+
+
+def test_kernel_noise_goes_to_a_log_not_the_console(tmp_path):
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                "import os, sys\nos.write(2, b'KERNEL-STDERR-LINE\\n')\nprint('cell output')"
+            )
+        ]
+    )
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "noisy.ipynb")
+    code = (
+        "from helpers.runner import execute_notebook; "
+        f"execute_notebook({str(tmp_path / 'noisy.ipynb')!r}, {{}}, {str(tmp_path / 'out.ipynb')!r})"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    console = done.stdout + done.stderr
+    assert "KERNEL-STDERR-LINE" not in console and "without encryption" not in console
+    assert "KERNEL-STDERR-LINE" in (tmp_path / "out.kernel.log").read_text()
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert "cell output" in executed.cells[-1].outputs[0]["text"]
