@@ -15,7 +15,7 @@ Every file is written through :func:`helpers.io.atomic_path`. An epoch counts as
 finished when its ``epoch-NNNN.json`` exists (the commit point, written last); the
 log and ``best.keras`` are derived from the newest commit, so after a kill at any
 moment the next call rebuilds them and resumes exactly where the commit says.
-This module uses the standard library only (no Keras), so it is cheap to import.
+It imports no Keras or TensorFlow (h5py only to check a weights file), so it is cheap to import.
 """
 
 from __future__ import annotations
