@@ -66,6 +66,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.run_dir = Path(run_dir)
         self.commit = commit or Commit(0, monitor=monitor)
         self.monitor = monitor
+        self._export: keras.Model | None = None  # the inference copy, built once
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         backup_dir(self.run_dir).mkdir(parents=True, exist_ok=True)
@@ -83,8 +84,12 @@ class RunCheckpoint(keras.callbacks.Callback):
         value = logs.get(self.monitor)
         if value is not None and (best is None or float(value) > best):
             best, best_epoch = float(value), epoch
+            if self._export is None:
+                self._export = inference_copy(self.model)
+            else:
+                self._export.set_weights(self.model.get_weights())
             with atomic_path(candidate_path(self.run_dir, epoch)) as tmp:
-                inference_copy(self.model).save(tmp)
+                self._export.save(tmp)
         with atomic_path(weights_path(self.run_dir, epoch + 1)) as tmp:
             self.model.save_weights(tmp)
         self.commit = Commit(
