@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from helpers.config import DATASETS
-from helpers.geometry import Resampling, align_to, check_spacing, reorient, to_working_grid
+from helpers.geometry import Resampling, align_to, check_spacing, ras_spacing, to_working_grid
 from helpers.io import Volume, VolumeError, check_image, check_labels, crop_affine, load_volume
 from helpers.preprocessing import MODALITIES, apply_normalisation, fit_normalisation
 from helpers.splits import FRACTIONS, PARTS, SplitError, slab_index, split_cases, split_slabs
@@ -465,9 +465,9 @@ def open_dataset(
                 spec_path, f"label {cls!r} lists id(s) {missing} that no label map in labelsTr/ contains"
             )
 
-    oriented = [reorient(image)[0] for _, image, _ in loaded]
     if target_spacing is None:
-        target_spacing = tuple(float(np.median([v.spacing[i] for v in oriented])) for i in range(3))
+        spacings = [ras_spacing(image.affine) for _, image, _ in loaded]
+        target_spacing = tuple(float(np.median([s[i] for s in spacings])) for i in range(3))
     cases = []
     for stem, image, stored in loaded:
         work, record = to_working_grid(image, target_spacing)

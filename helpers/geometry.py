@@ -102,6 +102,15 @@ def reorient(volume: Volume, codes: str = "RAS") -> tuple[Volume, np.ndarray]:
     return Volume(array, affine, volume.source_format, volume.path, dict(volume.meta)), transform
 
 
+def ras_spacing(affine: np.ndarray) -> Spacing:
+    """Voxel size (Z, Y, X) in mm that :func:`reorient` to RAS gives, from the affine alone."""
+    order = ornt.io_orientation(affine)[:, 0].astype(int)  # stored axis i becomes RAS axis order[i]
+    sizes_xyz = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    ras = np.empty(3)
+    ras[order] = sizes_xyz
+    return float(ras[2]), float(ras[1]), float(ras[0])
+
+
 def undo_reorient(array: np.ndarray, transform: np.ndarray) -> np.ndarray:
     """Inverse of :func:`reorient` for an array on the reoriented grid (Z, Y, X[, C])."""
     xyz = np.moveaxis(array, (0, 1, 2), (2, 1, 0))

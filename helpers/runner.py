@@ -155,21 +155,25 @@ class TrainingProgress:
         self._thread.join(timeout=5)
         self._report()
 
-    def _rows(self) -> int:
+    def _log(self) -> dict[str, list[float]]:
         try:
-            return len(read_log(self.log_path).get("epoch", []))
-        except (OSError, ValueError):
-            return self.seen
+            return read_log(self.log_path)
+        except (OSError, ValueError):  # caught mid-rename or empty: try again next time
+            return {}
+
+    def _rows(self) -> int:
+        return len(self._log().get("epoch", []))
 
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
             self._report()
 
     def _report(self) -> None:
-        rows = self._rows()
+        log = self._log()
+        rows = len(log.get("epoch", []))
         if rows <= self.seen:
             return
-        iou = read_log(self.log_path).get("val_mean_iou", [float("nan")])[-1]
+        iou = log.get("val_mean_iou", [float("nan")])[-1]
         per_epoch = (time.perf_counter() - self.start) / (rows - self.first)
         eta = per_epoch * (self.epochs - rows)
         print(
