@@ -1,16 +1,31 @@
-"""Whole-volume prediction: streaming sliding-window inference with blended stitching.
+"""Whole-volume prediction: pipelined sliding-window inference with blended stitching.
 
-:func:`predict_volume` never holds all patches in memory. Windows are cut in
-z-major order, fed to the model in batches of a fixed shape, and added with their
-blend weight into a rolling buffer one window deep along Z. As soon as no later
-window can touch a slab of Z it is finalised (normalised, or argmaxed for
-``output="labels"``) and the buffer moves on, so the working memory is
+:func:`predict_volume` never holds all patches in memory. Windows are cut in z-major
+order into a small ring of batch buffers, fed to the model in batches of a fixed shape,
+and added with their blend weight into a buffer one window deep along Z. As soon as no
+later window can touch a slab of Z it is finalised (normalised, or argmaxed for
+``output="labels"``) and written out, so the working memory is
 O(patch depth x Y x X x n_classes) rather than O(volume x n_classes).
+
+Three things overlap, as nnU-Net's predictor does: a producer thread cuts the next
+batches while the model runs, and a stitcher thread adds batch k while the model
+predicts batch k + 1. NumPy and the Keras backends release the GIL in their heavy calls.
+
+The running sums are stored channel-first, one contiguous (depth, Y, X) plane per class
+plus one for the summed weights, in a ring indexed by ``z % depth`` so no slab is ever
+shifted. Broadcasting a weight over a short last axis of 3 classes is about 3x slower
+than these contiguous planes, and the planes are split between threads with no locks,
+since no two threads ever write the same plane.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -18,6 +33,7 @@ import numpy as np
 from helpers.io import check_finite, check_volume
 from helpers.patches import (
     Blend,
+    Window,
     as_patch_shape,
     blend_weights,
     check_overlap,
@@ -26,6 +42,9 @@ from helpers.patches import (
 )
 
 Output = Literal["probabilities", "labels"]
+#: Batch buffers in the ring between the producer, the model and the stitcher.
+RING_DEPTH = 3
+_POLL_S = 0.05
 
 
 def _check_model_patch(model: Any, patch: tuple[int, int, int]) -> None:
@@ -54,86 +73,319 @@ def _predict_fn(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     return call
 
 
-class _SlabAccumulator:
-    """Weighted sums for Z in [base, base + depth), finalised slab by slab.
+def check_mirror_axes(tta: str | None, mirror_axes: Sequence[int]) -> tuple[int, ...]:
+    """Validate ``tta`` and return the spatial axes to mirror (empty when ``tta`` is None)."""
+    if tta is None:
+        return ()
+    if tta != "mirror":
+        raise ValueError(f"tta must be None or 'mirror', got {tta!r}")
+    try:
+        axes = tuple(sorted({int(a) for a in mirror_axes}))
+    except (TypeError, ValueError):
+        raise ValueError(f"mirror_axes must be spatial axes among 0, 1, 2, got {mirror_axes!r}") from None
+    if not axes or any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"mirror_axes must be spatial axes among 0, 1, 2, got {mirror_axes!r}")
+    return axes
 
-    The summed weights always live in a rolling buffer one window deep. Class
-    scores go straight into the output array for ``"probabilities"`` (divided in
-    place once final), or into a rolling buffer for ``"labels"`` (argmaxed once final).
+
+def mirror_flips(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of ``axes`` (spatial, 0-2): the flips test-time mirroring averages.
+
+    >>> mirror_flips((0, 2))
+    [(), (0,), (2,), (0, 2)]
+    """
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+class _Stopped(Exception):
+    """Another stage of the pipeline failed; this one stops quietly."""
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> Any:
+    while True:
+        if stop.is_set():
+            raise _Stopped
+        try:
+            return q.get(timeout=_POLL_S)
+        except queue.Empty:
+            continue
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _Stopped
+        try:
+            q.put(item, timeout=_POLL_S)
+            return
+        except queue.Full:
+            continue
+
+
+def _ring_pieces(z0: int, z1: int, depth: int) -> Iterator[tuple[slice, slice]]:
+    """(ring slice, offset slice from z0) pieces of absolute Z in [z0, z1), at most two."""
+    start, n = z0 % depth, z1 - z0
+    first = min(n, depth - start)
+    yield slice(start, start + first), slice(0, first)
+    if first < n:
+        yield slice(0, n - first), slice(first, n)
+
+
+class _Stitcher:
+    """Blended sums for Z in [base, base + depth), in a ring of channel-first planes.
+
+    ``acc[c]`` holds the weighted scores of class c. The summed weights are the same
+    for every row of windows along Z, so they are added once per row from a
+    precomputed block. Labels with several classes need no weights at all: dividing
+    every class by the same positive sum cannot change which is largest.
+
+    The threads share the class planes: each owns whole planes, and the planes left
+    over (3 classes on 2 threads leave one) are split into absolute X bands chosen per
+    batch so that each thread gets the same number of voxels. No voxel is written by
+    two threads, so there are no locks, and the work is balanced for any class count.
     """
 
     def __init__(
         self,
         shape: tuple[int, int, int],
-        depth: int,
+        windows: Sequence[Window],
         n_classes: int,
         weights: np.ndarray | None,
         output: Output,
+        out: Any,
+        threads: int,
     ) -> None:
-        self.shape, self.depth, self.base = shape, min(depth, shape[0]), 0
-        self.weights, self.output = weights, output
-        self.wsum = None if weights is None else np.zeros((self.depth, *shape[1:]), np.float32)
-        self.tmp = None if weights is None else np.empty((*weights.shape, n_classes), np.float32)
-        if output == "labels":
+        self.shape, self.weights, self.output = shape, weights, output
+        self.n_classes, self.base = n_classes, 0
+        first = windows[0]
+        self.row = [w for w in windows if w[0] == first[0]]
+        patch = tuple(s.stop - s.start for s in first)
+        self.depth = min(patch[0], shape[0])
+        plane = (self.depth, *shape[1:])
+        self.acc = np.zeros((n_classes, *plane), np.float32)
+        normalise = weights is not None and (output == "probabilities" or n_classes == 1)
+        self.wsum = np.zeros(plane, np.float32) if normalise else None
+        self.row_weights: np.ndarray | None = None
+        self.last_row = -1
+        self.threads = max(1, min(threads, shape[2]))
+        cuts = np.linspace(0, shape[2], self.threads + 1).astype(int)
+        whole = self.threads * (n_classes // self.threads)
+        self.whole = [list(range(t, whole, self.threads)) for t in range(self.threads)]
+        self.banded = list(range(whole, n_classes))
+        self.fixed_bands = [(int(cuts[t]), int(cuts[t + 1])) for t in range(self.threads)]
+        self.tmp = [np.empty(patch, np.float32) for _ in range(self.threads)]
+        self.pool = ThreadPoolExecutor(self.threads - 1) if self.threads > 1 else None
+        if out is not None:
+            self.result = out
+        elif output == "labels":
             self.result = np.zeros(shape, dtype=np.uint8 if n_classes <= 256 else np.int32)
-            self.acc: np.ndarray | None = np.zeros((self.depth, *shape[1:], n_classes), np.float32)
         else:
             self.result = np.zeros((*shape, n_classes), dtype=np.float32)
-            self.acc = None
 
-    def _scores(self, z0: int, z1: int) -> np.ndarray:
-        """Accumulated class scores for absolute Z in [z0, z1)."""
-        if self.acc is None:
-            return self.result[z0:z1]
-        return self.acc[z0 - self.base : z1 - self.base]
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
 
-    def add(self, pred: np.ndarray, window: tuple[slice, slice, slice]) -> None:
-        if window[0].start > self.base:
-            self.advance(window[0].start)
-        inside, local = clip_window(window, self.shape)
-        scores = self._scores(inside[0].start, inside[0].stop)[(slice(None), *inside[1:])]
-        if self.weights is None:
-            scores[...] = pred[local]
+    def _parallel(self, fn: Callable[[int], None]) -> None:
+        """Run ``fn(thread)`` for every thread index, the last one on this thread."""
+        if self.pool is None:
+            fn(0)
             return
-        w = self.weights[local]
-        tmp = self.tmp[local]
-        np.multiply(pred[local], w[..., None], out=tmp)
-        scores += tmp
-        self.wsum[(slice(inside[0].start - self.base, inside[0].stop - self.base), *inside[1:])] += w
+        futures = [self.pool.submit(fn, t) for t in range(self.threads - 1)]
+        try:
+            fn(self.threads - 1)
+        finally:
+            for f in futures:
+                f.result()
 
-    def advance(self, new_base: int) -> None:
-        """Finalise Z in [base, new_base) and shift the rolling buffers to start at ``new_base``."""
-        d = new_base - self.base
-        self._finalise(d)
-        for buf in (self.acc, self.wsum):
-            if buf is None:
+    def add(self, pred: np.ndarray, windows: Sequence[Window]) -> None:
+        """Add predictions (B, pz, py, px, C) for ``windows`` (in z-major order)."""
+        run_start = 0
+        for i in range(1, len(windows) + 1):
+            if i == len(windows) or windows[i][0].start != windows[run_start][0].start:
+                z = windows[run_start][0].start
+                if z > self.base:
+                    self.finalise(z)
+                new_row = self.wsum is not None and z != self.last_row
+                self.last_row = z
+                run = list(zip(pred[run_start:i], windows[run_start:i], strict=True))
+                bands = self._bands([w for _, w in run])
+                self._parallel(lambda t, run=run, b=bands, n=new_row, z=z: self._add_band(t, run, b[t], n, z))
+                run_start = i
+
+    def _bands(self, windows: Sequence[Window]) -> list[tuple[int, int]]:
+        """Absolute X bands, one per thread, each covering the same share of the windows' voxels."""
+        if self.threads == 1:
+            return [(0, self.shape[2])]
+        edges = np.zeros(self.shape[2] + 1, np.int64)
+        for window in windows:
+            edges[window[2].start] += 1
+            edges[min(window[2].stop, self.shape[2])] -= 1
+        cum = np.cumsum(np.cumsum(edges[:-1]))
+        cuts = [0, *(int(np.searchsorted(cum, cum[-1] * k / self.threads)) for k in range(1, self.threads))]
+        cuts.append(self.shape[2])
+        return [(cuts[t], cuts[t + 1]) for t in range(self.threads)]
+
+    def _row_weights(self) -> np.ndarray:
+        """Summed weights of one row of windows (all Y, X starts at one Z start), (pz, Y, X); cached."""
+        if self.row_weights is None:
+            depth = min(self.weights.shape[0], self.shape[0])
+            block = np.zeros((depth, *self.shape[1:]), np.float32)
+            for window in self.row:
+                inside, local = clip_window(window, self.shape)
+                block[(slice(None), *inside[1:])] += self.weights[local]
+            self.row_weights = block
+        return self.row_weights
+
+    def _add_band(
+        self, t: int, run: list[tuple[np.ndarray, Window]], band: tuple[int, int], new_row: bool, z: int
+    ) -> None:
+        if new_row:
+            block, (f0, f1) = self._row_weights(), self.fixed_bands[t]
+            for ring, off in _ring_pieces(z, min(z + self.depth, self.shape[0]), self.depth):
+                self.wsum[ring, :, f0:f1] += block[off, :, f0:f1]
+        x0, x1 = band
+        tmp = self.tmp[t]
+        for p, window in run:
+            inside, local = clip_window(window, self.shape)
+            self._add_window(p, inside, local, self.whole[t], tmp)
+            a, b = max(inside[2].start, x0), min(inside[2].stop, x1)
+            if self.banded and a < b:
+                cols = slice(a - inside[2].start, b - inside[2].start)
+                self._add_window(p, (*inside[:2], slice(a, b)), (*local[:2], cols), self.banded, tmp)
+
+    def _add_window(
+        self, p: np.ndarray, inside: Window, local: Window, planes: Sequence[int], tmp: np.ndarray
+    ) -> None:
+        w = None if self.weights is None else self.weights[local]
+        pieces = list(_ring_pieces(inside[0].start, inside[0].stop, self.depth))
+        for c in planes:
+            src, target = p[(*local, c)], self.acc[c]
+            if w is not None:
+                src = np.multiply(src, w, out=tmp[local])
+            for ring, off in pieces:
+                if w is None:
+                    target[(ring, *inside[1:])] = src[off]
+                else:
+                    target[(ring, *inside[1:])] += src[off]
+
+    def finalise(self, upto: int) -> None:
+        """Write Z in [base, upto) to the result and free those ring slices."""
+        upto = min(upto, self.shape[0])
+        for ring, off in _ring_pieces(self.base, upto, self.depth):
+            z0 = self.base + off.start
+            self._finalise_piece(ring, z0, z0 + off.stop - off.start)
+        self.base = upto
+
+    def _check_finite(self, t: int, ring: slice, z0: int, z1: int) -> None:
+        """Raise ValueError if the model put NaN or Inf into a final slab (a sum is one cheap pass)."""
+        for c in range(t, self.n_classes, self.threads):
+            sums = self.acc[c, ring]
+            if not np.isfinite(np.add.reduce(sums, axis=None)) and not np.isfinite(sums).all():
+                raise ValueError(
+                    f"model output contains NaN or Inf in class {c} for the windows covering "
+                    f"Z {z0}..{z1 - 1} (is the input normalised? have the weights diverged?)"
+                )
+
+    def _finalise_piece(self, ring: slice, z0: int, z1: int) -> None:
+        self._parallel(lambda t: self._check_finite(t, ring, z0, z1))
+        direct = isinstance(self.result, np.ndarray)
+        if self.output == "probabilities":
+            spatial = (z1 - z0, *self.shape[1:], self.n_classes)
+            finalise = self._probabilities
+        else:
+            spatial = (z1 - z0, *self.shape[1:])
+            finalise = self._labels
+        target = self.result[z0:z1] if direct else np.empty(spatial, self.result.dtype)
+        bounds = np.linspace(0, z1 - z0, self.threads + 1).astype(int)
+        self._parallel(lambda t: finalise(ring, target, range(bounds[t], bounds[t + 1])))
+        if not direct:
+            self.result[z0:z1] = target
+        self.acc[:, ring] = 0
+        if self.wsum is not None:
+            self.wsum[ring] = 0
+
+    def _probabilities(self, ring: slice, target: np.ndarray, slices: Sequence[int]) -> None:
+        """Divide by the summed weights into (Z, Y, X, C), slice by slice so each write stays in cache."""
+        for j in slices:
+            z = ring.start + j
+            for c in range(self.n_classes):
+                if self.wsum is None:
+                    target[j, ..., c] = self.acc[c, z]
+                else:
+                    np.divide(self.acc[c, z], self.wsum[z], out=target[j, ..., c])
+
+    def _labels(self, ring: slice, target: np.ndarray, slices: Sequence[int]) -> None:
+        """Argmax over classes (the first of equal scores wins, as np.argmax) slice by slice."""
+        for j in slices:
+            z = ring.start + j
+            scores = self.acc[:, z]
+            if self.n_classes == 1:
+                if self.wsum is not None:
+                    scores = scores / self.wsum[z]
+                target[j] = scores[0] >= 0.5
                 continue
-            for i in range(self.depth - d):  # slice by slice: no buffer-sized temporary
-                buf[i] = buf[i + d]
-            buf[self.depth - d :] = 0
-        self.base = new_base
+            best = scores[0].copy()
+            index = np.zeros(best.shape, target.dtype)
+            for c in range(1, self.n_classes):
+                higher = scores[c] > best
+                np.copyto(index, c, where=higher)
+                np.maximum(best, scores[c], out=best)
+            target[j] = index
 
-    def finish(self) -> np.ndarray:
-        self._finalise(min(self.depth, self.shape[0] - self.base))
+    def finish(self) -> Any:
+        self.finalise(self.shape[0])
         return self.result
 
-    def _finalise(self, n: int) -> None:
-        scores = self._scores(self.base, self.base + n)
-        if self.wsum is not None:
-            scores /= self.wsum[:n, ..., None]
-        if self.output == "probabilities":
-            return
-        target = self.result[self.base : self.base + n]
-        if scores.shape[-1] == 1:
-            target[...] = scores[..., 0] >= 0.5
+
+class _Source:
+    """Reads windows (with a channel axis) from an ndarray directly, or from an array-like
+    (zarr, h5py) one Z row of windows at a time, so the volume is never read whole."""
+
+    def __init__(self, volume: Any) -> None:
+        self.volume, self.direct = volume, isinstance(volume, np.ndarray)
+        self.channels = len(volume.shape) == 4
+        self.rows: tuple[int, int] | None = None
+        self.slab: np.ndarray | None = None
+
+    def read(self, inside: Window) -> np.ndarray:
+        if self.direct:
+            data = self.volume[inside]
         else:
-            for j in range(n):  # per slice, so the int64 argmax temporary stays small
-                target[j] = np.argmax(scores[j], axis=-1)
+            rows = (inside[0].start, inside[0].stop)
+            if rows != self.rows:
+                self.slab, self.rows = np.asarray(self.volume[rows[0] : rows[1]]), rows
+            data = self.slab[(slice(None), *inside[1:])]
+        return data if self.channels else data[..., None]
+
+
+def _check_out(out: Any, shape: tuple[int, ...], output: Output) -> None:
+    if out is None:
+        return
+    if not (hasattr(out, "shape") and hasattr(out, "dtype") and hasattr(out, "__setitem__")):
+        raise ValueError(f"out must be a writable array (NumPy, memmap, zarr), got {type(out).__name__}")
+    kind = np.dtype(out.dtype).kind
+    if output == "labels":
+        if tuple(out.shape) != shape or kind not in "iu":
+            raise ValueError(
+                f"out has shape {tuple(out.shape)} and dtype {out.dtype}; output='labels' needs "
+                f"shape {shape} and an integer dtype such as uint8"
+            )
+    elif len(out.shape) != 4 or tuple(out.shape[:3]) != shape or np.dtype(out.dtype) != np.float32:
+        raise ValueError(
+            f"out has shape {tuple(out.shape)} and dtype {out.dtype}; output='probabilities' needs "
+            f"shape {(*shape, 'n_classes')} and dtype float32"
+        )
+
+
+def default_threads() -> int:
+    """Stitching threads when ``threads`` is None: the CPU cores, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def predict_volume(
     model: Any,
-    volume: np.ndarray,
+    volume: Any,
     patch_size: int | Sequence[int] = 64,
     overlap: float = 0.5,
     batch_size: int = 8,
@@ -141,7 +393,13 @@ def predict_volume(
     output: Output = "probabilities",
     progress: bool = True,
     pad_value: float = 0.0,
-) -> np.ndarray:
+    *,
+    tta: Literal["mirror"] | None = None,
+    mirror_axes: Sequence[int] = (0, 1, 2),
+    pipeline: bool = True,
+    threads: int | None = None,
+    out: Any = None,
+) -> Any:
     """Predict a whole volume with overlapping windows and blended stitching.
 
     Parameters
@@ -149,8 +407,9 @@ def predict_volume(
     model : keras.Model or callable
         Maps a float32 batch (B, pz, py, px, C_in) to (B, pz, py, px, n_classes).
         A Keras model is called through ``predict_on_batch``.
-    volume : ndarray, (Z, Y, X) or (Z, Y, X, C_in)
-        Any real dtype; patches are converted to float32 batch by batch. Axes
+    volume : ndarray or array-like, (Z, Y, X) or (Z, Y, X, C_in)
+        Any real dtype; patches are converted to float32 batch by batch. A memmap,
+        zarr array or h5py dataset is read one window-deep Z slab at a time. Axes
         shorter than the patch are padded with ``pad_value`` patch by patch.
     patch_size : int or 3 ints
         Window size in voxels; must match the model's input.
@@ -167,10 +426,24 @@ def predict_volume(
         argmax (threshold 0.5 for a single output channel), computed slab by slab.
     progress : bool
         Show a tqdm progress bar.
+    tta : None or "mirror"
+        ``"mirror"`` predicts every batch once per flip of ``mirror_axes`` (8 passes
+        for 3 axes) and averages the probabilities before blending, as nnU-Net does.
+    mirror_axes : spatial axes among 0, 1, 2
+        The axes ``tta="mirror"`` flips.
+    pipeline : bool
+        Cut, predict and stitch in three overlapping threads (default), or one after
+        the other on this thread. The result is bit-identical either way.
+    threads : int, optional
+        Threads that share the stitching arithmetic (default: cores, at most 4).
+    out : writable array, optional
+        Receives the result slab by slab instead of a new array: (Z, Y, X) integer
+        for labels, (Z, Y, X, n_classes) float32 for probabilities. A memmap or zarr
+        array lets the output exceed memory. ``out`` is returned.
 
     Returns
     -------
-    ndarray
+    ndarray or ``out``
         See ``output``.
     """
     volume = check_volume(volume)
@@ -180,51 +453,162 @@ def predict_volume(
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if output not in ("probabilities", "labels"):
         raise ValueError(f"output must be 'probabilities' or 'labels', got {output!r}")
+    if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    flips = mirror_flips(check_mirror_axes(tta, mirror_axes))
     weights = blend_weights(patch, blend)
+    shape = tuple(int(s) for s in volume.shape[:3])
+    _check_out(out, shape, output)
     check_finite(volume)
     _check_model_patch(model, patch)
     predict = _predict_fn(model)
 
-    shape = tuple(int(s) for s in volume.shape[:3])
-    vol4 = volume if volume.ndim == 4 else volume[..., None]
+    n_in = int(volume.shape[3]) if len(volume.shape) == 4 else 1
     windows = sliding_windows(shape, patch, overlap)
-    batch = np.empty((batch_size, *patch, vol4.shape[3]), dtype=np.float32)
-    acc: _SlabAccumulator | None = None
-    n_out = 0
+    groups = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+    full = tuple(slice(0, p) for p in patch)
+    source = _Source(volume)
+    state: dict[str, Any] = {}
+
+    def fill(k: int, batch: np.ndarray) -> None:
+        for i, window in enumerate(groups[k]):
+            inside, local = clip_window(window, shape)
+            if local != full:
+                batch[i] = pad_value
+            batch[i][local] = source.read(inside)
+        if len(groups[k]) < batch_size:
+            batch[len(groups[k]) :] = pad_value
+
+    def checked(k: int, batch: np.ndarray) -> np.ndarray:
+        pred = predict(batch)
+        first = k * batch_size
+        if pred.ndim != 5 or pred.shape[:4] != batch.shape[:4]:
+            raise ValueError(
+                f"model output has shape {pred.shape}; expected "
+                f"{(batch_size, *patch, 'n_classes')} for an input batch of {batch.shape}"
+            )
+        n_out = state.setdefault("n_out", pred.shape[-1])
+        if pred.shape[-1] != n_out:
+            raise ValueError(
+                f"model output has {pred.shape[-1]} channels in the batch of window {first}, "
+                f"but {n_out} before; a model must return the same number of classes every time"
+            )
+        if out is not None and output == "probabilities" and out.shape[3] != n_out:
+            raise ValueError(f"out has {out.shape[3]} channels but the model returns {n_out} classes")
+        return pred
+
+    def call(k: int, batch: np.ndarray) -> np.ndarray:
+        if len(flips) == 1:
+            return checked(k, batch)
+        total = None
+        for axes in flips:
+            ax = tuple(a + 1 for a in axes)
+            pred = checked(k, np.ascontiguousarray(np.flip(batch, ax)) if ax else batch)
+            pred = np.flip(pred, ax) if ax else pred
+            total = pred.astype(np.float32, copy=True) if total is None else np.add(total, pred, out=total)
+        return total / np.float32(len(flips))
+
+    ring = [np.empty((batch_size, *patch, n_in), dtype=np.float32) for _ in range(RING_DEPTH)]
+
+    def model_stage(k: int, slot: int) -> np.ndarray:
+        return call(k, ring[slot])
+
+    def stitch(k: int, pred: np.ndarray) -> None:
+        if "stitcher" not in state:
+            n_threads = default_threads() if threads is None else int(threads)
+            state["stitcher"] = _Stitcher(shape, windows, pred.shape[-1], weights, output, out, n_threads)
+        state["stitcher"].add(pred, groups[k])
 
     from tqdm.auto import tqdm
 
     with tqdm(total=len(windows), disable=not progress, desc="predict_volume", unit="patch") as bar:
-        for first in range(0, len(windows), batch_size):
-            group = windows[first : first + batch_size]
-            for i, window in enumerate(group):
-                inside, local = clip_window(window, shape)
-                if local != tuple(slice(0, p) for p in patch):
-                    batch[i] = pad_value
-                batch[i][local] = vol4[inside]
-            if len(group) < batch_size:
-                batch[len(group) :] = pad_value
-            pred = predict(batch)
-            if pred.ndim != 5 or pred.shape[:4] != batch.shape[:4]:
-                raise ValueError(
-                    f"model output has shape {pred.shape}; expected "
-                    f"{(batch_size, *patch, 'n_classes')} for an input batch of {batch.shape}"
-                )
-            if not np.isfinite(pred).all():
-                raise ValueError(
-                    f"model output contains NaN or Inf for windows {first}..{first + len(group) - 1}"
-                    " (is the input normalised? have the weights diverged?)"
-                )
-            if acc is None:
-                acc = _SlabAccumulator(shape, patch[0], pred.shape[-1], weights, output)
-                n_out = pred.shape[-1]
-            elif pred.shape[-1] != n_out:
-                raise ValueError(
-                    f"model output has {pred.shape[-1]} channels in the batch of window {first}, "
-                    f"but {n_out} before; a model must return the same number of classes every time"
-                )
-            for i, window in enumerate(group):
-                acc.add(pred[i], window)
-            bar.update(len(group))
-    assert acc is not None
-    return acc.finish()
+        try:
+            runner = _run_pipelined if pipeline else _run_sequential
+            runner(
+                len(groups),
+                lambda k, slot: fill(k, ring[slot]),
+                model_stage,
+                stitch,
+                lambda k: bar.update(len(groups[k])),
+            )
+            return state["stitcher"].finish()
+        finally:
+            if "stitcher" in state:
+                state["stitcher"].close()
+
+
+Stage = Callable[[int, int], Any]
+
+
+def _run_sequential(n: int, fill: Stage, predict: Stage, stitch: Callable, done: Callable) -> None:
+    """Cut, predict and stitch each batch in turn on this thread, in ring slot 0."""
+    for k in range(n):
+        fill(k, 0)
+        stitch(k, predict(k, 0))
+        done(k)
+
+
+def _run_pipelined(n: int, fill: Stage, predict: Stage, stitch: Callable, done: Callable) -> None:
+    """Producer thread -> model on this thread -> stitcher thread, over a ring of batch buffers.
+
+    ``fill(k, slot)`` cuts batch k into ring slot ``slot``; ``predict(k, slot)`` returns
+    what ``stitch(k, item)`` adds. A slot goes back to the producer only once its batch
+    is stitched, since a model may return a view of its input. The first error on any side stops the others
+    within ``_POLL_S`` and is raised here; both threads are joined before returning.
+    """
+    stop = threading.Event()
+    free: queue.Queue = queue.Queue()
+    ready: queue.Queue = queue.Queue()
+    predicted: queue.Queue = queue.Queue(maxsize=1)
+    for slot in range(RING_DEPTH):
+        free.put(slot)
+    errors: list[BaseException] = []
+
+    def guarded(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except _Stopped:
+                pass
+            except BaseException as err:  # noqa: BLE001 - re-raised on the caller's thread
+                errors.append(err)
+                stop.set()
+
+        return run
+
+    def produce() -> None:
+        for k in range(n):
+            slot = _get(free, stop)
+            fill(k, slot)
+            _put(ready, slot, stop)
+
+    def consume() -> None:
+        for k in range(n):
+            slot, item = _get(predicted, stop)
+            stitch(k, item)
+            del item
+            _put(free, slot, stop)
+
+    workers = [
+        threading.Thread(target=guarded(produce), name="predict_volume-cut", daemon=True),
+        threading.Thread(target=guarded(consume), name="predict_volume-stitch", daemon=True),
+    ]
+    for w in workers:
+        w.start()
+    try:
+        for k in range(n):
+            slot = _get(ready, stop)
+            item = predict(k, slot)
+            _put(predicted, (slot, item), stop)
+            del item
+            done(k)
+        while workers[1].is_alive() and not stop.is_set():
+            workers[1].join(_POLL_S)
+    except _Stopped:
+        pass
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    if errors:
+        raise errors[0]
