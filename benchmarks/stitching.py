@@ -187,7 +187,8 @@ def main() -> None:
             f"{new['extra_over_input']:9.2f} | {old['seconds']:8.2f} {old['extra_over_input']:9.2f} | "
             f"{pf['seconds']:10.2f} {pf['extra_over_input']:9.2f}"
         )
-    print("\nspeed-up: frozen baseline time / predict_volume time, same run (target >= 3.5 for probabilities at 384³)")
+    print("\nspeed-up: frozen baseline time / predict_volume time, same run")
+    print("  (target >= 3.5 for probabilities at 384³)")
     print("vs floor: predict_volume time / one-thread channel-first weighted adds (precomputed prediction)")
     print("mem/input: peak RSS above the input / input bytes (target: labels <= 1.5 at 384³)")
     print("patchify: patchify -> model -> unpatchify per class (non-overlapping patches kept, no blending)")

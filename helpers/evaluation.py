@@ -113,3 +113,26 @@ def multiotsu_baseline(image: np.ndarray, n_classes: int) -> np.ndarray:
 
     thresholds = threshold_multiotsu(image, classes=n_classes)
     return np.digitize(image, thresholds).astype(np.uint8)
+
+
+def with_context(
+    region: tuple[slice, ...], shape: tuple[int, ...], margin: int | tuple[int, int, int]
+) -> tuple[tuple[slice, slice, slice], tuple[slice, slice, slice]]:
+    """Grow a (Z, Y, X) ``region`` by ``margin`` voxels per side within ``shape``.
+
+    Returns ``(grown, inner)``: predict on ``volume[grown]`` so that the windows at the
+    region's faces see real neighbours, then score ``prediction[inner]``, which is the
+    original region. ``slice(None)`` entries mean the whole axis.
+
+    >>> grown, inner = with_context((slice(96, 128), slice(None), slice(None)), (128, 50, 50), 32)
+    >>> grown[0], inner[0], grown[1]
+    (slice(64, 128, None), slice(32, 64, None), slice(0, 50, None))
+    """
+    margins = (margin,) * 3 if isinstance(margin, int) else tuple(margin)
+    grown, inner = [], []
+    for sl, size, m in zip(region[:3], shape[:3], margins, strict=True):
+        start, stop, _ = sl.indices(size)
+        lo, hi = max(0, start - m), min(size, stop + m)
+        grown.append(slice(lo, hi))
+        inner.append(slice(start - lo, stop - lo))
+    return tuple(grown), tuple(inner)  # type: ignore[return-value]

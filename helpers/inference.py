@@ -39,11 +39,12 @@ from helpers.patches import (
     check_overlap,
     clip_window,
     sliding_windows,
+    window_starts,
 )
 
 Output = Literal["probabilities", "labels"]
 #: Batch buffers in the ring between the producer, the model and the stitcher.
-RING_DEPTH = 3
+RING_DEPTH = 4
 _POLL_S = 0.05
 
 
@@ -359,6 +360,39 @@ class _Source:
         return data if self.channels else data[..., None]
 
 
+def region_windows(
+    shape: Sequence[int], region: Sequence[slice], patch: tuple[int, int, int], overlap: float
+) -> tuple[list[Window], tuple[slice, slice, slice], tuple[slice, slice, slice]]:
+    """The windows of the whole-volume grid that touch ``region``, in the coordinates of their bounding box.
+
+    Returns ``(windows, bbox, crop)``: ``volume[bbox]`` is all the input those windows
+    read, and ``crop`` is ``region`` inside ``bbox``. The windows are the same, in the
+    same z-major order, as :func:`helpers.patches.sliding_windows` gives for the whole
+    volume, so that every voxel of the region sums the same predictions in the same order.
+    """
+    if len(region) != 3 or not all(isinstance(r, slice) for r in region):
+        raise ValueError(f"region must be 3 slices (Z, Y, X), got {region!r}")
+    starts, bbox, crop = [], [], []
+    for r, size, p in zip(region, shape[:3], patch, strict=True):
+        r0, r1, step = r.indices(int(size))
+        if step != 1 or r1 <= r0:
+            raise ValueError(
+                f"region must be 3 non-empty slices with step 1 inside {tuple(shape[:3])}, got {region!r}"
+            )
+        kept = [s for s in window_starts(int(size), p, overlap) if s < r1 and s + p > r0]
+        lo, hi = kept[0], min(kept[-1] + p, int(size))
+        starts.append([s - lo for s in kept])
+        bbox.append(slice(lo, hi))
+        crop.append(slice(r0 - lo, r1 - lo))
+    windows = [
+        (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+        for z in starts[0]
+        for y in starts[1]
+        for x in starts[2]
+    ]
+    return windows, tuple(bbox), tuple(crop)  # type: ignore[return-value]
+
+
 def _check_out(out: Any, shape: tuple[int, ...], output: Output) -> None:
     if out is None:
         return
@@ -399,6 +433,7 @@ def predict_volume(
     pipeline: bool = True,
     threads: int | None = None,
     out: Any = None,
+    region: Sequence[slice] | None = None,
 ) -> Any:
     """Predict a whole volume with overlapping windows and blended stitching.
 
@@ -440,6 +475,11 @@ def predict_volume(
         Receives the result slab by slab instead of a new array: (Z, Y, X) integer
         for labels, (Z, Y, X, n_classes) float32 for probabilities. A memmap or zarr
         array lets the output exceed memory. ``out`` is returned.
+    region : 3 slices, optional
+        Compute only the windows of the whole volume's grid that touch ``region`` and
+        return the result for ``region`` alone: exactly the values the whole-volume
+        call gives there (for a model whose output for a window does not depend on the
+        other windows of its batch). Only the input those windows cover is read.
 
     Returns
     -------
@@ -457,6 +497,13 @@ def predict_volume(
         raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
     flips = mirror_flips(check_mirror_axes(tta, mirror_axes))
     weights = blend_weights(patch, blend)
+    if region is not None:
+        if out is not None:
+            raise ValueError("out= and region= cannot be combined: the result of a region is returned")
+        windows, bbox, crop = region_windows(volume.shape, region, patch, overlap)
+        volume = volume[bbox] if isinstance(volume, np.ndarray) else np.asarray(volume[bbox])
+    else:
+        windows, crop = sliding_windows(volume.shape, patch, overlap), None
     shape = tuple(int(s) for s in volume.shape[:3])
     _check_out(out, shape, output)
     check_finite(volume)
@@ -464,7 +511,6 @@ def predict_volume(
     predict = _predict_fn(model)
 
     n_in = int(volume.shape[3]) if len(volume.shape) == 4 else 1
-    windows = sliding_windows(shape, patch, overlap)
     groups = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
     full = tuple(slice(0, p) for p in patch)
     source = _Source(volume)
@@ -531,7 +577,8 @@ def predict_volume(
                 stitch,
                 lambda k: bar.update(len(groups[k])),
             )
-            return state["stitcher"].finish()
+            result = state["stitcher"].finish()
+            return result if crop is None else result[crop]
         finally:
             if "stitcher" in state:
                 state["stitcher"].close()
@@ -559,7 +606,7 @@ def _run_pipelined(n: int, fill: Stage, predict: Stage, stitch: Callable, done: 
     stop = threading.Event()
     free: queue.Queue = queue.Queue()
     ready: queue.Queue = queue.Queue()
-    predicted: queue.Queue = queue.Queue(maxsize=1)
+    predicted: queue.Queue = queue.Queue(maxsize=2)
     for slot in range(RING_DEPTH):
         free.put(slot)
     errors: list[BaseException] = []

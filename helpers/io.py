@@ -247,7 +247,8 @@ def _check_declared_size(path: Path, img: Any) -> None:
         )
 
 
-def _load_numpy(path: Path) -> Volume:
+def _check_numpy_header(path: Path) -> None:
+    """Refuse a .npy with an unsupported header, pickled objects or less data than it declares."""
     with open(path, "rb") as f:
         magic = f.read(6)
         if magic.startswith(b"\x93NUMPY"):
@@ -273,6 +274,10 @@ def _load_numpy(path: Path) -> Volume:
                 )
         elif not magic.startswith(b"PK"):
             raise VolumeError(path, "is not a NumPy .npy or .npz file (no NumPy header)")
+
+
+def _load_numpy(path: Path) -> Volume:
+    _check_numpy_header(path)
     loaded = np.load(path, allow_pickle=False)
     if isinstance(loaded, np.ndarray):
         return Volume(loaded, np.eye(4), "numpy")
@@ -289,6 +294,24 @@ def _load_numpy(path: Path) -> Volume:
 _TIFF_AXES = {"Z": "Z", "Q": "Z", "I": "Z", "T": "Z", "Y": "Y", "X": "X", "C": "C", "S": "C"}
 
 
+def _tiff_affine(tif: Any, path: Path) -> np.ndarray:
+    """A TIFF's affine: stored by :func:`save_volume`, else from its resolution tags and ImageJ spacing."""
+    shaped = tif.shaped_metadata[0] if tif.shaped_metadata else {}
+    if "affine" in shaped:
+        return check_affine(shaped["affine"], path)
+    imagej = tif.imagej_metadata or {}
+    page = tif.pages.first
+
+    def res(tag: Any) -> float:
+        if tag is None:
+            return 1.0
+        num, den = tag.value
+        return den / num if num else 1.0
+
+    dz = float(imagej.get("spacing", 1.0))
+    return spacing_affine((dz, res(page.tags.get("YResolution")), res(page.tags.get("XResolution"))))
+
+
 def _load_tiff(path: Path) -> Volume:
     import tifffile
 
@@ -296,11 +319,7 @@ def _load_tiff(path: Path) -> Volume:
         series = tif.series[0]
         data = series.asarray()
         axes = series.axes
-        shaped = tif.shaped_metadata[0] if tif.shaped_metadata else {}
-        imagej = tif.imagej_metadata or {}
-        page = tif.pages.first
-        xres = page.tags.get("XResolution")
-        yres = page.tags.get("YResolution")
+        affine = _tiff_affine(tif, path)
     mapped = [_TIFF_AXES.get(a, "?") for a in axes]
     for i in reversed(range(len(mapped))):  # drop singleton axes we cannot place
         if data.shape[i] == 1 and (mapped[i] == "?" or mapped.count(mapped[i]) > 1):
@@ -316,18 +335,6 @@ def _load_tiff(path: Path) -> Volume:
         )
     order = [mapped.index(a) for a in "ZYXC" if a in mapped]
     data = np.transpose(data, order)
-    if "affine" in shaped:
-        affine = check_affine(shaped["affine"], path)
-    else:
-
-        def res(tag: Any) -> float:
-            if tag is None:
-                return 1.0
-            num, den = tag.value
-            return den / num if num else 1.0
-
-        dz = float(imagej.get("spacing", 1.0))
-        affine = spacing_affine((dz, res(yres), res(xres)))
     return Volume(data, affine, "tiff", meta={"axes": axes})
 
 

@@ -7,7 +7,9 @@ the run's ``model.json``), predicted with overlapping Gaussian-blended windows,
 brought back to the scan's own grid, and written as ``<case>_seg.nii.gz`` with the
 scan's affine (atomically). ``--probabilities`` also writes float16 class
 probabilities, (Z, Y, X, n_classes) with the affine, as ``<case>_prob.npz`` (NIfTI-1
-has no float16 type).
+has no float16 type). ``--tta mirror`` averages the 8 mirrored predictions of every
+window (8 x the model time); ``--keep-largest 1,2`` keeps only the largest connected
+component of classes 1 and 2, for structures known to be one object.
 
 A scan that cannot be read is reported with its file and the reason, and the other
 scans are still processed; the exit status is 0 only when every scan succeeded.
@@ -54,13 +56,18 @@ def segment(
     batch_size: int = 2,
     probabilities: bool = False,
     progress: bool = False,
+    tta: str | None = None,
+    keep_largest: Sequence[int] = (),
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Segment ``scan`` with a trained model and its ``model.json`` ``info``.
 
+    ``tta`` is passed to :func:`helpers.inference.predict_volume`; ``keep_largest``
+    lists classes reduced to their largest connected component on the native grid.
     Returns ``(labels, probs)`` on the scan's native grid: labels uint8 (Z, Y, X),
     probs float32 (Z, Y, X, n_classes) or None.
     """
     from helpers.inference import predict_volume
+    from helpers.postprocessing import keep_largest_component
 
     check_image(scan.array, scan.path or "scan")
     if scan.array.ndim == 4:
@@ -77,11 +84,16 @@ def segment(
         batch_size=batch_size,
         output=output,
         progress=progress,
+        tta=tta,
     )
     if not probabilities:
-        return record.invert(pred, labels=True, n_classes=n_classes), None
-    probs = record.invert(pred, labels=False)
-    return np.argmax(probs, axis=-1).astype(np.uint8), probs
+        labels, probs = record.invert(pred, labels=True, n_classes=n_classes), None
+    else:
+        probs = record.invert(pred, labels=False)
+        labels = np.argmax(probs, axis=-1).astype(np.uint8)
+    if keep_largest:
+        labels = keep_largest_component(labels, keep_largest)
+    return labels, probs
 
 
 def predict_scans(
@@ -92,8 +104,12 @@ def predict_scans(
     batch_size: int = 2,
     probabilities: bool = False,
     progress: bool = True,
+    tta: str | None = None,
+    keep_largest: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Segment every scan of ``inputs`` and write the results into ``out_dir``.
+
+    ``tta`` and ``keep_largest`` are as for :func:`segment`.
 
     Returns {"written": [paths], "failed": {scan: reason}, "seconds": wall time}.
     """
@@ -110,7 +126,9 @@ def predict_scans(
     for path in tqdm(scans, desc="predict", unit="scan", disable=not progress):
         try:
             scan = load_volume(path)
-            labels, probs = segment(model, info, scan, overlap, batch_size, probabilities)
+            labels, probs = segment(
+                model, info, scan, overlap, batch_size, probabilities, tta=tta, keep_largest=keep_largest
+            )
             name = case_name(path)
             written.append(save_volume(out / f"{name}_seg.nii.gz", labels, affine=scan.affine))
             if probs is not None:
@@ -129,10 +147,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
     parser.add_argument("--batch-size", type=int, default=2, help="windows per model call (default 2)")
     parser.add_argument("--probabilities", action="store_true", help="also write float16 probabilities")
+    parser.add_argument("--tta", choices=["mirror"], help="average the 8 mirrored passes (8 x slower)")
+    parser.add_argument(
+        "--keep-largest",
+        default="",
+        metavar="CLASSES",
+        help="comma-separated class ids to reduce to their largest connected component",
+    )
     args = parser.parse_args(argv)
     try:
+        keep = [int(c) for c in args.keep_largest.split(",") if c.strip()]
+    except ValueError:
+        parser.error(f"--keep-largest must be comma-separated class ids, got {args.keep_largest!r}")
+    try:
         result = predict_scans(
-            args.run_dir, args.inputs, args.out_dir, args.overlap, args.batch_size, args.probabilities
+            args.run_dir,
+            args.inputs,
+            args.out_dir,
+            args.overlap,
+            args.batch_size,
+            args.probabilities,
+            tta=args.tta,
+            keep_largest=keep,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -5,25 +5,13 @@ import time
 
 import numpy as np
 import pytest
+from stub_models import ramp_model, three_class
 
 from helpers.inference import predict_volume
 from helpers.patches import extract_patches, stitch_patches
 from helpers.postprocessing import keep_largest_component
 
 SHAPES = [(100, 100, 100), (129, 64, 70), (20, 300, 300), (33, 33, 33)]
-
-
-def three_class(batch):
-    x = batch[..., :1]
-    return np.concatenate([x, 1 - x, np.sin(7 * x) ** 2], axis=-1)
-
-
-def ramp_model(batch):
-    """Not equivariant under flips: adds a ramp along every patch axis."""
-    p = batch.shape[1:4]
-    ramp = sum(np.linspace(0, 1, n).reshape([-1 if i == a else 1 for i in range(3)]) for a, n in enumerate(p))
-    x = batch[..., :1] + ramp[None, ..., None].astype(np.float32)
-    return np.concatenate([x, 2 - x, x * x], axis=-1)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -222,3 +210,14 @@ def test_keep_largest_component_removes_islands_of_chosen_classes_only():
 def test_keep_largest_component_refuses_bad_input(args, match):
     with pytest.raises(ValueError, match=match):
         keep_largest_component(*args)
+
+
+def test_docstring_examples_hold():
+    import doctest
+
+    import helpers.evaluation
+    import helpers.inference
+    import helpers.postprocessing
+
+    for module in (helpers.inference, helpers.postprocessing, helpers.evaluation):
+        assert doctest.testmod(module).failed == 0, module.__name__

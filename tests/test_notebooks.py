@@ -235,3 +235,28 @@ def test_predict_reports_a_corrupt_scan_and_still_segments_the_good_one(own_data
     assert str(bad) in done.stderr and "corrupt" in done.stderr
     assert (tmp_path / "o" / "core90_seg.nii.gz").exists()
     assert "1 of 2 scans segmented" in done.stdout
+
+
+@pytest.mark.notebooks
+def test_predict_with_mirroring_and_largest_component(own_dataset, tmp_path):
+    from scipy import ndimage
+
+    from helpers.io import load_volume
+
+    run_dir = next((own_dataset["out"] / "runs").glob("SandstoneCores-quick-*"))
+    good = own_dataset["root"] / "imagesTs" / "core90_0000.nii.gz"
+    args = [sys.executable, "-m", "helpers.predict", str(run_dir), str(good), "-o"]
+    done = subprocess.run(
+        [*args, str(tmp_path / "o"), "--tta", "mirror", "--keep-largest", "1,2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seg = load_volume(tmp_path / "o" / "core90_seg.nii.gz").array
+    for c in (1, 2):
+        assert ndimage.label(seg == c)[1] <= 1
+    bad = subprocess.run(
+        [*args, str(tmp_path / "x"), "--keep-largest", "pore"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "--keep-largest" in bad.stderr

@@ -1,0 +1,34 @@
+"""Cheap models for inference tests; ``"stub_models:factory"`` strings load them on Dask workers."""
+
+import os
+import time
+
+import numpy as np
+
+
+def three_class(batch):
+    x = batch[..., :1]
+    return np.concatenate([x, 1 - x, np.sin(7 * x) ** 2], axis=-1)
+
+
+def ramp_model(batch):
+    """Not equivariant under flips: adds a ramp along every patch axis."""
+    p = batch.shape[1:4]
+    ramp = sum(np.linspace(0, 1, n).reshape([-1 if i == a else 1 for i in range(3)]) for a, n in enumerate(p))
+    x = batch[..., :1] + ramp[None, ..., None].astype(np.float32)
+    return np.concatenate([x, 2 - x, x * x], axis=-1)
+
+
+def ramp():
+    return ramp_model
+
+
+def slow_ramp():
+    """ramp_model that sleeps STUB_SLEEP_S seconds per batch, to give a fault test time to strike."""
+    delay = float(os.environ.get("STUB_SLEEP_S", "0.05"))
+
+    def model(batch):
+        time.sleep(delay)
+        return ramp_model(batch)
+
+    return model

@@ -1,0 +1,237 @@
+"""Issue 13: zarr volumes, out-of-core prediction and blockwise prediction on Dask."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from stub_models import ramp_model
+
+from helpers.distributed import ModelSpecError, predict_zarr
+from helpers.inference import predict_volume
+from helpers.io import VolumeError, load_volume, save_volume
+from helpers.zarr_volumes import (
+    convert_to_zarr,
+    create_zarr_volume,
+    open_zarr_volume,
+    save_zarr_volume,
+    zarr_affine,
+)
+
+TESTS = Path(__file__).resolve().parent
+SHAPE = (100, 90, 110)  # not a multiple of any chunk below
+AFFINE = np.array([[0, 0, 0.8, 10.0], [0, 1.1, 0, -4.0], [-0.5, 0, 0, 2.5], [0, 0, 0, 1]])
+
+
+@pytest.fixture(scope="module")
+def volume_zarr(tmp_path_factory):
+    v = np.random.default_rng(7).random(SHAPE, dtype=np.float32)
+    path = save_zarr_volume(tmp_path_factory.mktemp("z") / "in.zarr", v, AFFINE, chunks=48)
+    return v, path
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".tif", ".npy"])
+def test_convert_to_zarr_keeps_voxels_and_affine(suffix, tmp_path, rng):
+    v = rng.random((70, 40, 50)).astype(np.float32)
+    src = save_volume(tmp_path / f"v{suffix}", v, affine=None if suffix == ".npy" else AFFINE)
+    z = open_zarr_volume(convert_to_zarr(src, tmp_path / "v.zarr", chunks=32))
+    ref = load_volume(src)
+    assert z.chunks == (32, 32, 32) and np.array_equal(z[:], ref.array)
+    assert np.allclose(zarr_affine(z), ref.affine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([src.name, "v.zarr"])  # no temporary left
+
+
+def test_zarr_store_errors_name_the_path(tmp_path):
+    create_zarr_volume(tmp_path / "a.zarr", (8, 8, 8), np.uint8)
+    with pytest.raises(VolumeError, match="a.zarr: already exists"):
+        create_zarr_volume(tmp_path / "a.zarr", (8, 8, 8), np.uint8)
+    (tmp_path / "b.zarr").mkdir()
+    with pytest.raises(VolumeError, match="b.zarr: is not a zarr v3 array"):
+        open_zarr_volume(tmp_path / "b.zarr")
+    with pytest.raises(ValueError, match="chunks"):
+        create_zarr_volume(tmp_path / "c.zarr", (8, 8, 8), np.uint8, chunks=(4, 0, 4))
+
+
+@pytest.mark.parametrize("output", ["labels", "probabilities"])
+def test_out_and_array_like_input_from_zarr(output, volume_zarr, tmp_path):
+    v, path = volume_zarr
+    ref = predict_volume(ramp_model, v, 32, 0.5, 4, output=output, progress=False)
+    shape, dtype = (SHAPE, np.uint8) if output == "labels" else ((*SHAPE, 3), np.float32)
+    out = create_zarr_volume(tmp_path / "o.zarr", shape, dtype, chunks=40)
+    got = predict_volume(
+        ramp_model, open_zarr_volume(path), 32, 0.5, 4, output=output, progress=False, out=out
+    )
+    assert got is out and np.array_equal(out[:], ref)
+
+
+@pytest.mark.parametrize("output", ["labels", "probabilities"])
+@pytest.mark.parametrize("overlap", [0.5, 0.25])
+@pytest.mark.parametrize("chunks", [40, 64])
+def test_predict_zarr_equals_predict_volume_exactly(output, overlap, chunks, volume_zarr, tmp_path):
+    v, path = volume_zarr
+    ref = predict_volume(ramp_model, v, 32, overlap, 4, output=output, progress=False)
+    target = tmp_path / "out.zarr"
+    stats = predict_zarr(
+        ramp_model,
+        path,
+        target,
+        patch_size=32,
+        overlap=overlap,
+        batch_size=4,
+        output=output,
+        chunks=chunks,
+        n_classes=3,
+        n_workers=2,
+        progress=False,
+    )
+    out = open_zarr_volume(target)
+    assert np.array_equal(out[:], ref)
+    assert np.allclose(zarr_affine(out), AFFINE)
+    assert stats["computed"] == stats["chunks"] == int(np.prod([-(-s // chunks) for s in SHAPE]))
+    assert stats["windows"] > stats["grid_windows"]  # the halo: windows at chunk borders are done twice
+    assert not Path(f"{target}.progress").exists()
+    again = predict_zarr(
+        ramp_model,
+        path,
+        target,
+        patch_size=32,
+        overlap=overlap,
+        batch_size=4,
+        output=output,
+        chunks=chunks,
+        n_classes=3,
+        progress=False,
+    )
+    assert again["computed"] == 0 and again["skipped"] == stats["chunks"]
+
+
+def _worker_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(TESTS.parent), env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_predict_zarr_on_a_local_cluster_loads_the_model_on_each_worker(volume_zarr, tmp_path, monkeypatch):
+    v, path = volume_zarr
+    monkeypatch.setenv("PYTHONPATH", _worker_env()["PYTHONPATH"])
+    ref = predict_volume(ramp_model, v, 32, 0.5, 4, output="labels", progress=False)
+    stats = predict_zarr(
+        "stub_models:ramp",
+        path,
+        tmp_path / "o.zarr",
+        patch_size=32,
+        batch_size=4,
+        chunks=50,
+        n_workers=2,
+        progress=False,
+    )
+    assert np.array_equal(open_zarr_volume(tmp_path / "o.zarr")[:], ref)
+    assert len(stats["workers"]) == 2 and os.getpid() not in stats["workers"]
+
+
+def test_a_killed_run_resumes_with_only_the_missing_chunks(volume_zarr, tmp_path, monkeypatch):
+    v, path = volume_zarr
+    target = tmp_path / "o.zarr"
+    progress = Path(f"{target}.progress")
+    script = (
+        "from helpers.distributed import predict_zarr\n"
+        f"predict_zarr('stub_models:slow_ramp', {str(path)!r}, {str(target)!r}, patch_size=32, batch_size=4,"
+        " chunks=50, n_workers=2, progress=False)\n"
+    )
+    env = dict(_worker_env(), STUB_SLEEP_S="0.15")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = [p for p in progress.glob("*_*_*") if ".tmp-" not in p.name] if progress.exists() else []
+        if len(done) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the run, its cluster and every worker, mid-run
+    proc.wait()
+    time.sleep(0.5)
+    finished = {p.name for p in progress.iterdir() if p.name != "params.json" and ".tmp-" not in p.name}
+    assert 3 <= len(finished) < 18
+    monkeypatch.setenv("PYTHONPATH", _worker_env()["PYTHONPATH"])
+    monkeypatch.setenv("STUB_SLEEP_S", "0")
+    with pytest.raises(VolumeError, match="progress of a different prediction"):
+        predict_zarr(ramp_model, path, target, patch_size=32, batch_size=4, progress=False)
+    stats = predict_zarr(
+        "stub_models:slow_ramp", path, target, patch_size=32, batch_size=4, n_workers=2, progress=False
+    )
+    assert stats["skipped"] == len(finished) and stats["computed"] == stats["chunks"] - len(finished)
+    ref = predict_volume(ramp_model, v, 32, 0.5, 4, output="labels", progress=False)
+    assert np.array_equal(open_zarr_volume(target)[:], ref)
+
+
+def test_a_worker_killed_mid_run_costs_only_its_chunk(volume_zarr, tmp_path, monkeypatch):
+    from distributed import Client, LocalCluster
+
+    v, path = volume_zarr
+    monkeypatch.setenv("PYTHONPATH", _worker_env()["PYTHONPATH"])
+    monkeypatch.setenv("STUB_SLEEP_S", "0.1")
+    target = tmp_path / "o.zarr"
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", silence_logs=40) as cluster,
+        Client(cluster) as client,
+    ):
+        pids = list(client.run(os.getpid).values())
+        progress = Path(f"{target}.progress")
+
+        def kill_one():
+            while not (progress.exists() and len(list(progress.glob("*_*_*"))) >= 2):
+                time.sleep(0.02)
+            os.kill(pids[0], signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_one, daemon=True)
+        killer.start()
+        stats = predict_zarr(
+            "stub_models:slow_ramp",
+            path,
+            target,
+            client=client,
+            patch_size=32,
+            batch_size=4,
+            chunks=50,
+            progress=False,
+        )
+        killer.join(5)
+    assert stats["computed"] == stats["chunks"]
+    ref = predict_volume(ramp_model, v, 32, 0.5, 4, output="labels", progress=False)
+    assert np.array_equal(open_zarr_volume(target)[:], ref)
+
+
+def test_predict_zarr_refuses_bad_inputs(volume_zarr, tmp_path):
+    v, path = volume_zarr
+    one_chunk = save_zarr_volume(tmp_path / "one.zarr", v, chunks=SHAPE)
+    with pytest.raises(VolumeError, match="one.zarr: is stored as one chunk"):
+        predict_zarr(ramp_model, one_chunk, tmp_path / "o1.zarr", patch_size=32, progress=False)
+    wrong = create_zarr_volume(tmp_path / "w.zarr", (100, 90, 111), np.uint8)
+    with pytest.raises(VolumeError, match=r"w.zarr: has shape \(100, 90, 111\)"):
+        predict_zarr(ramp_model, path, wrong.store_path.store.root, patch_size=32, progress=False)
+    create_zarr_volume(tmp_path / "f.zarr", SHAPE, np.float32)
+    with pytest.raises(VolumeError, match="integer dtype"):
+        predict_zarr(ramp_model, path, tmp_path / "f.zarr", patch_size=32, progress=False)
+    with pytest.raises(ValueError, match=r"nearest valid is \(32, 32, 40\)"):
+        predict_zarr(
+            ramp_model, path, tmp_path / "o2.zarr", patch_size=32, chunks=(20, 32, 40), progress=False
+        )
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.json").write_text(json.dumps({"patch_size": [32, 32, 32]}))
+    with pytest.raises(ModelSpecError, match="run: no best.keras"):
+        predict_zarr(run, path, tmp_path / "o3.zarr", progress=False)
+    with pytest.raises(ModelSpecError, match="cannot be sent to a cluster"):
+        predict_zarr(ramp_model, path, tmp_path / "o4.zarr", client=object(), patch_size=32, progress=False)
