@@ -40,6 +40,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "val_steps": 2,
         "learning_rate": 1e-3,
         "loss": "dice+ce",
+        "large_shape": (96, 96, 96),
+        "large_chunk": 48,
+        "large_overlap": 0.5,
+        "memory_budget_mb": 2,
     },
     "cpu": {
         "sandstone_shape": (160, 128, 128),
@@ -53,6 +57,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "val_steps": 4,
         "learning_rate": 2e-3,
         "loss": "dice+ce",
+        "large_shape": (512, 512, 512),
+        "large_chunk": 128,
+        "large_overlap": 0.25,
+        "memory_budget_mb": 256,
     },
     "full": {
         "sandstone_shape": (256, 256, 256),
@@ -66,6 +74,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "val_steps": 16,
         "learning_rate": 1e-3,
         "loss": "dice+ce",
+        "large_shape": (1024, 1024, 1024),
+        "large_chunk": 256,
+        "large_overlap": 0.5,
+        "memory_budget_mb": 2048,
     },
 }
 
@@ -210,7 +222,7 @@ def check_param(key: str, value: Any) -> Any:
     if key in ("epochs", "batch_size", "steps_per_epoch", "val_steps"):
         if not _is_int(value) or value < 1:
             raise bad("it must be an integer >= 1")
-    elif key == "overlap":
+    elif key in ("overlap", "large_overlap"):
         if not _is_real(value) or not 0 <= value < 1:
             raise bad("it must be a fraction in [0, 1)")
     elif key == "val_fraction":
@@ -225,7 +237,13 @@ def check_param(key: str, value: Any) -> Any:
     elif key == "loss":
         if value not in LOSSES:
             raise bad(f"known losses: {', '.join(LOSSES)}")
-    elif key == "sandstone_shape":
+    elif key == "large_chunk":
+        if not _is_int(value) or value < 32:
+            raise bad("it must be an integer >= 32 (voxels)")
+    elif key == "memory_budget_mb":
+        if not _is_int(value) or value < 1:
+            raise bad("it must be an integer >= 1 (MB)")
+    elif key in ("sandstone_shape", "large_shape"):
         if (
             not isinstance(value, (tuple, list))
             or len(value) != 3

@@ -119,6 +119,41 @@ def make_sandstone(
     return image.astype(np.float32, copy=False), labels
 
 
+def write_sandstone_zarr(
+    image_path: str | os.PathLike[str],
+    shape: Sequence[int],
+    labels_path: str | os.PathLike[str] | None = None,
+    block: int = 128,
+    chunks: int = 64,
+    seed: int = 0,
+) -> Any:
+    """A sandstone of any size, written to zarr tile by tile; returns the image array.
+
+    One ``block``^3 sandstone (:func:`make_sandstone`) is generated, and the volume is
+    tiled with its mirror images (flipped along each axis where the tile index is odd),
+    so that tiles meet without a seam. Only one block is ever in memory, so ``shape`` may
+    exceed it by far. Each store appears only when complete. The label map goes to
+    ``labels_path`` (uint8) if given.
+    """
+    from helpers.zarr_volumes import atomic_folder, create_zarr_volume, open_zarr_volume
+
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape must be 3 positive ints (Z, Y, X), got {shape}")
+    image, labels = make_sandstone((block,) * 3, seed, progress=False)
+    targets = [(Path(image_path), image)] + ([(Path(labels_path), labels)] if labels_path else [])
+    for path, source in targets:
+        with atomic_folder(path) as tmp:
+            out = create_zarr_volume(tmp, shape, source.dtype, chunks)
+            for index in np.ndindex(*(-(-s // block) for s in shape)):
+                region = tuple(
+                    slice(i * block, min((i + 1) * block, s)) for i, s in zip(index, shape, strict=True)
+                )
+                tile = source[tuple(slice(None, None, -1) if i % 2 else slice(None) for i in index)]
+                out[region] = tile[tuple(slice(0, r.stop - r.start) for r in region)]
+    return open_zarr_volume(image_path)
+
+
 def _nilearn_data_dir() -> Path:
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:

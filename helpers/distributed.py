@@ -116,6 +116,43 @@ def _fingerprint(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class NormalisedVolume:
+    """A read-only view of a volume that normalises whatever is read from it (float32)."""
+
+    def __init__(self, array: Any, stats: dict[str, Any]) -> None:
+        self.array, self.stats = array, stats
+        self.shape, self.ndim, self.dtype = tuple(array.shape), len(array.shape), np.dtype(np.float32)
+        self.chunks = getattr(array, "chunks", None)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        from helpers.preprocessing import apply_normalisation
+
+        return apply_normalisation(np.asarray(self.array[key]), self.stats)
+
+
+def volume_normalisation(source: Any, stats: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run's normalisation made chunk-local: a per-case z-score gets the whole volume's
+    mean and standard deviation, computed chunk by chunk with dask.array."""
+    if not stats or stats.get("scheme") != "zscore-per-case":
+        return stats
+    import dask
+    import dask.array as da
+
+    x = da.from_zarr(source).astype(np.float64)
+    mean, std = dask.compute(x.mean(), x.std(), scheduler="threads")
+    return {"scheme": "zscore-fixed", "mean": float(mean), "std": float(std), "from": "zscore-per-case"}
+
+
+_MODEL_RSS: dict[str, int] = {}
+
+
+def _rss(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def _predict_chunk(
     task: dict[str, Any], index: tuple[int, int, int], region: tuple[slice, ...], model: Any = None
 ) -> dict[str, Any]:
@@ -125,7 +162,10 @@ def _predict_chunk(
     start = time.perf_counter()
     if model is None:
         model = load_worker_model(task["model"])
+        _MODEL_RSS.setdefault(task["model"], _rss("VmRSS"))
     source = open_zarr_volume(task["input"])
+    if task["normalisation"]:
+        source = NormalisedVolume(source, task["normalisation"])
     target = open_zarr_volume(task["output"], mode="r+")
     result = predict_volume(
         model,
@@ -142,7 +182,13 @@ def _predict_chunk(
     )
     target[region] = result.astype(target.dtype, copy=False)
     write_text_atomic(Path(task["progress"]) / "_".join(map(str, index)), "")
-    return {"index": index, "seconds": time.perf_counter() - start, "pid": os.getpid()}
+    return {
+        "index": index,
+        "seconds": time.perf_counter() - start,
+        "pid": os.getpid(),
+        "peak_rss": _rss("VmHWM"),
+        "model_rss": _MODEL_RSS.get(task["model"], 0),
+    }
 
 
 def predict_zarr(
@@ -160,6 +206,7 @@ def predict_zarr(
     n_classes: int | None = None,
     n_workers: int | None = None,
     progress: bool = True,
+    normalise: bool = True,
 ) -> dict[str, Any]:
     """Predict a zarr volume chunk by chunk on Dask, writing a zarr volume of the same grid.
 
@@ -187,12 +234,18 @@ def predict_zarr(
         Needed only for probabilities when no run folder says it.
     n_workers : int, optional
         Worker processes of the default cluster: one per GPU, else one per core (at most 8).
+    normalise : bool
+        Apply the run's intensity normalisation (``model.json``) to what each task reads;
+        a per-case z-score uses the whole volume's statistics, computed chunk by chunk.
+        The input must already be on the model's working grid (orientation, spacing).
 
     Returns
     -------
     dict
         ``chunks`` (total), ``computed`` and ``skipped`` (already complete), ``windows``
-        computed against ``grid_windows`` of the whole volume (the halo overhead), ``seconds``.
+        computed against ``grid_windows`` of the whole volume (the halo overhead), ``seconds``,
+        ``worker_peak_rss`` (bytes, the largest worker high-water mark) and
+        ``worker_model_rss`` (a worker's resident memory once its model was loaded).
     """
     from helpers.patches import sliding_windows
 
@@ -232,8 +285,15 @@ def predict_zarr(
     out_chunks = tuple(int(c) for c in target.chunks[:3])
     _check_chunks(out_chunks, shape, patch, overlap)
 
+    normalisation = volume_normalisation(source, info.get("normalisation")) if normalise else None
+    version = None
+    if spec is not None and spec.endswith(".keras"):
+        stat = Path(spec).stat()
+        version = f"{stat.st_size}:{stat.st_mtime_ns}"  # a retrained model is a different prediction
     params = {
         "model": spec or repr(type(model)),
+        "model_version": version,
+        "normalisation": normalisation,
         "input": str(Path(input_zarr).resolve()),
         "patch": list(patch),
         "overlap": overlap,
@@ -269,6 +329,8 @@ def predict_zarr(
         "grid_windows": len(sliding_windows(shape, patch, overlap)),
         "seconds": time.perf_counter() - start,
         "workers": sorted({r["pid"] for r in results}),
+        "worker_peak_rss": max((r["peak_rss"] for r in results), default=0),
+        "worker_model_rss": max((r["model_rss"] for r in results), default=0),
     }
 
 

@@ -155,8 +155,12 @@ class _Stitcher:
         output: Output,
         out: Any,
         threads: int,
+        crop: tuple[slice, slice, slice] | None = None,
     ) -> None:
         self.shape, self.weights, self.output = shape, weights, output
+        self.crop = crop or tuple(slice(0, s) for s in shape)
+        self.yx = self.crop[1:]
+        kept = tuple(c.stop - c.start for c in self.crop)
         self.n_classes, self.base = n_classes, 0
         first = windows[0]
         self.row = [w for w in windows if w[0] == first[0]]
@@ -179,9 +183,9 @@ class _Stitcher:
         if out is not None:
             self.result = out
         elif output == "labels":
-            self.result = np.zeros(shape, dtype=np.uint8 if n_classes <= 256 else np.int32)
+            self.result = np.zeros(kept, dtype=np.uint8 if n_classes <= 256 else np.int32)
         else:
-            self.result = np.zeros((*shape, n_classes), dtype=np.float32)
+            self.result = np.zeros((*kept, n_classes), dtype=np.float32)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -290,40 +294,46 @@ class _Stitcher:
 
     def _finalise_piece(self, ring: slice, z0: int, z1: int) -> None:
         self._parallel(lambda t: self._check_finite(t, ring, z0, z1))
-        direct = isinstance(self.result, np.ndarray)
-        if self.output == "probabilities":
-            spatial = (z1 - z0, *self.shape[1:], self.n_classes)
-            finalise = self._probabilities
-        else:
-            spatial = (z1 - z0, *self.shape[1:])
-            finalise = self._labels
-        target = self.result[z0:z1] if direct else np.empty(spatial, self.result.dtype)
-        bounds = np.linspace(0, z1 - z0, self.threads + 1).astype(int)
-        self._parallel(lambda t: finalise(ring, target, range(bounds[t], bounds[t + 1])))
-        if not direct:
-            self.result[z0:z1] = target
+        a, b = max(z0, self.crop[0].start), min(z1, self.crop[0].stop)  # the rows of the result
+        if a < b:
+            direct = isinstance(self.result, np.ndarray)
+            plane = tuple(c.stop - c.start for c in self.yx)
+            if self.output == "probabilities":
+                spatial, finalise = (b - a, *plane, self.n_classes), self._probabilities
+            else:
+                spatial, finalise = (b - a, *plane), self._labels
+            rows = slice(a - self.crop[0].start, b - self.crop[0].start)
+            target = self.result[rows] if direct else np.empty(spatial, self.result.dtype)
+            first = ring.start + a - z0
+            bounds = np.linspace(0, b - a, self.threads + 1).astype(int)
+            self._parallel(lambda t: finalise(first, target, range(bounds[t], bounds[t + 1])))
+            if not direct:
+                self.result[rows] = target
         self.acc[:, ring] = 0
         if self.wsum is not None:
             self.wsum[ring] = 0
 
-    def _probabilities(self, ring: slice, target: np.ndarray, slices: Sequence[int]) -> None:
-        """Divide by the summed weights into (Z, Y, X, C), slice by slice so each write stays in cache."""
+    def _probabilities(self, first: int, target: np.ndarray, slices: Sequence[int]) -> None:
+        """Divide by the summed weights into (Z, Y, X, C), slice by slice so each write stays in cache.
+
+        ``target[j]`` is ring slice ``first + j``, cropped to ``self.yx``.
+        """
         for j in slices:
-            z = ring.start + j
+            z = first + j
             for c in range(self.n_classes):
                 if self.wsum is None:
-                    target[j, ..., c] = self.acc[c, z]
+                    target[j, ..., c] = self.acc[(c, z, *self.yx)]
                 else:
-                    np.divide(self.acc[c, z], self.wsum[z], out=target[j, ..., c])
+                    np.divide(self.acc[(c, z, *self.yx)], self.wsum[(z, *self.yx)], out=target[j, ..., c])
 
-    def _labels(self, ring: slice, target: np.ndarray, slices: Sequence[int]) -> None:
+    def _labels(self, first: int, target: np.ndarray, slices: Sequence[int]) -> None:
         """Argmax over classes (the first of equal scores wins, as np.argmax) slice by slice."""
         for j in slices:
-            z = ring.start + j
-            scores = self.acc[:, z]
+            z = first + j
+            scores = self.acc[(slice(None), z, *self.yx)]
             if self.n_classes == 1:
                 if self.wsum is not None:
-                    scores = scores / self.wsum[z]
+                    scores = scores / self.wsum[(z, *self.yx)]
                 target[j] = scores[0] >= 0.5
                 continue
             best = scores[0].copy()
@@ -341,23 +351,45 @@ class _Stitcher:
 
 class _Source:
     """Reads windows (with a channel axis) from an ndarray directly, or from an array-like
-    (zarr, h5py) one Z row of windows at a time, so the volume is never read whole."""
+    (zarr, h5py) one band of windows at a time, so the volume is never read whole."""
 
     def __init__(self, volume: Any) -> None:
         self.volume, self.direct = volume, isinstance(volume, np.ndarray)
         self.channels = len(volume.shape) == 4
-        self.rows: tuple[int, int] | None = None
+        self.band: tuple[int, int, int, int] | None = None
         self.slab: np.ndarray | None = None
 
     def read(self, inside: Window) -> np.ndarray:
         if self.direct:
             data = self.volume[inside]
-        else:
-            rows = (inside[0].start, inside[0].stop)
-            if rows != self.rows:
-                self.slab, self.rows = np.asarray(self.volume[rows[0] : rows[1]]), rows
-            data = self.slab[(slice(None), *inside[1:])]
+        else:  # one band of windows (a Z row and a Y row) at a time: window-sized in Z and Y
+            band = (inside[0].start, inside[0].stop, inside[1].start, inside[1].stop)
+            if band != self.band:
+                self.slab, self.band = np.asarray(self.volume[band[0] : band[1], band[2] : band[3]]), band
+            data = self.slab[:, :, inside[2]]
         return data if self.channels else data[..., None]
+
+
+class _Offset:
+    """A read-only view of ``volume[box]`` for array-likes, read lazily (slicing a zarr array reads it)."""
+
+    def __init__(self, volume: Any, box: tuple[slice, slice, slice]) -> None:
+        self.volume, self.box = volume, box
+        self.shape = tuple(b.stop - b.start for b in box) + tuple(volume.shape[3:])
+        self.dtype, self.ndim = volume.dtype, len(self.shape)
+        self.chunks = getattr(volume, "chunks", None)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        moved = []
+        for i, k in enumerate(key):
+            if i < 3 and isinstance(k, slice):
+                start, stop, _ = k.indices(self.shape[i])
+                moved.append(slice(self.box[i].start + start, self.box[i].start + stop))
+            else:
+                moved.append(k)
+        return np.asarray(self.volume[tuple(moved)])
 
 
 def region_windows(
@@ -501,7 +533,7 @@ def predict_volume(
         if out is not None:
             raise ValueError("out= and region= cannot be combined: the result of a region is returned")
         windows, bbox, crop = region_windows(volume.shape, region, patch, overlap)
-        volume = volume[bbox] if isinstance(volume, np.ndarray) else np.asarray(volume[bbox])
+        volume = volume[bbox] if isinstance(volume, np.ndarray) else _Offset(volume, bbox)
     else:
         windows, crop = sliding_windows(volume.shape, patch, overlap), None
     shape = tuple(int(s) for s in volume.shape[:3])
@@ -562,7 +594,9 @@ def predict_volume(
     def stitch(k: int, pred: np.ndarray) -> None:
         if "stitcher" not in state:
             n_threads = default_threads() if threads is None else int(threads)
-            state["stitcher"] = _Stitcher(shape, windows, pred.shape[-1], weights, output, out, n_threads)
+            state["stitcher"] = _Stitcher(
+                shape, windows, pred.shape[-1], weights, output, out, n_threads, crop
+            )
         state["stitcher"].add(pred, groups[k])
 
     from tqdm.auto import tqdm
@@ -577,8 +611,7 @@ def predict_volume(
                 stitch,
                 lambda k: bar.update(len(groups[k])),
             )
-            result = state["stitcher"].finish()
-            return result if crop is None else result[crop]
+            return state["stitcher"].finish()
         finally:
             if "stitcher" in state:
                 state["stitcher"].close()

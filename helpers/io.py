@@ -659,16 +659,22 @@ _CHUNK = 8
 def check_finite(volume: Any, path: Any = "volume") -> None:
     """Raise VolumeError if a float ``volume`` holds NaN or Inf, scanning ``_CHUNK`` Z slices at a time.
 
-    Chunking keeps the temporary mask small and reads a memory map piece by piece.
+    Chunking keeps the temporary mask small and reads a memory map piece by piece; a
+    chunked store (zarr, h5py) is read in its own chunks, so each is decompressed once.
     """
     if not np.issubdtype(volume.dtype, np.floating):
         return
-    for z0 in range(0, volume.shape[0], _CHUNK):
-        chunk = np.asarray(volume[z0 : z0 + _CHUNK])
-        if not np.isfinite(chunk).all():
-            bad = np.argwhere(~np.isfinite(chunk))[0]
-            where = (int(bad[0]) + z0, *map(int, bad[1:]))
-            raise VolumeError(path, f"contains NaN or Inf (first at index {where})")
+    zstep, ystep = _CHUNK, volume.shape[1]
+    stored = getattr(volume, "chunks", None)
+    if stored is not None and not isinstance(volume, np.ndarray):  # zarr, h5py: whole stored chunks
+        zstep, ystep = max(_CHUNK, int(stored[0])), int(stored[1])
+    for z0 in range(0, volume.shape[0], zstep):
+        for y0 in range(0, volume.shape[1], ystep):
+            chunk = np.asarray(volume[z0 : z0 + zstep, y0 : y0 + ystep])
+            if not np.isfinite(chunk).all():
+                bad = np.argwhere(~np.isfinite(chunk))[0]
+                where = (int(bad[0]) + z0, int(bad[1]) + y0, *map(int, bad[2:]))
+                raise VolumeError(path, f"contains NaN or Inf (first at index {where})")
 
 
 def check_image(image: Any, path: Any = "image") -> np.ndarray:

@@ -123,4 +123,6 @@ def apply_normalisation(image: np.ndarray, stats: Mapping[str, Any]) -> np.ndarr
         return (np.clip(image, lo, hi) - np.float32(stats["mean"])) / np.float32(stats["std"])
     if stats.get("scheme") == "zscore-per-case":
         return zscore(image)
+    if stats.get("scheme") == "zscore-fixed":  # a per-case z-score whose statistics were taken beforehand
+        return (image - np.float32(stats["mean"])) / np.float32(stats["std"] or 1.0)
     raise ValueError(f"unknown normalisation scheme {stats.get('scheme')!r}")

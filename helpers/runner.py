@@ -38,9 +38,10 @@ COURSE = (
     "04_training",
     "05_evaluation",
     "06_unpatchify_visualization",
+    "07_large_volumes",
 )
 #: Notebooks run again on the brain dataset, so the summary reports both datasets.
-SECOND_PASS = ("04_training", "05_evaluation")
+SECOND_PASS = ("04_training", "05_evaluation", "06_unpatchify_visualization")
 
 
 class NotebookError(RuntimeError):

@@ -135,7 +135,7 @@ def save_zarr_volume(
     """Write an in-memory volume to a new zarr store, atomically (a temporary folder, then a rename)."""
     array = check_volume(array, "array")
     path = Path(path)
-    with _atomic_folder(path) as tmp:
+    with atomic_folder(path) as tmp:
         create_zarr_volume(tmp, array.shape, array.dtype, chunks, affine)[...] = array
     return path
 
@@ -153,7 +153,7 @@ def convert_to_zarr(
     """
     source, target = Path(source), Path(target)
     shape, dtype, affine, read = _slab_reader(source)
-    with _atomic_folder(target) as tmp:
+    with atomic_folder(target) as tmp:
         out = create_zarr_volume(tmp, shape, dtype, chunks, affine)
         depth = out.chunks[0]
         for z0 in range(0, shape[0], depth):
@@ -198,7 +198,7 @@ def _slab_reader(source: Path) -> tuple[tuple[int, ...], np.dtype, np.ndarray, A
     return tuple(vol.array.shape), vol.array.dtype, vol.affine, lambda z0, z1: vol.array[z0:z1]
 
 
-class _atomic_folder:
+class atomic_folder:
     """Yields ``<target>.tmp-<pid>``; renames it to ``target`` on success, removes it on error."""
 
     def __init__(self, target: Path) -> None:

@@ -387,6 +387,10 @@ CASES: list[Case] = [
     Case("params-sandstone-2d", "get_params", _params(sandstone_shape=(10, 10))),
     Case("params-zoom-zero", "get_params", _params(brain_zoom=0)),
     Case("params-val-fraction-1", "get_params", _params(val_fraction=1.0)),
+    Case("params-large-shape-2d", "get_params", _params(large_shape=(512, 512))),
+    Case("params-large-chunk-small", "get_params", _params(large_chunk=16), (">= 32",)),
+    Case("params-large-overlap-1", "get_params", _params(large_overlap=1.0)),
+    Case("params-budget-zero", "get_params", _params(memory_budget_mb=0)),
     # load_model
     Case("model-random-h5", "load_model", _random_bytes("noise.h5"), ("HDF5",)),
     Case("model-random-keras", "load_model", _random_bytes("noise.keras"), ("corrupt",)),

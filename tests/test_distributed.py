@@ -77,37 +77,23 @@ def test_predict_zarr_equals_predict_volume_exactly(output, overlap, chunks, vol
     v, path = volume_zarr
     ref = predict_volume(ramp_model, v, 32, overlap, 4, output=output, progress=False)
     target = tmp_path / "out.zarr"
-    stats = predict_zarr(
-        ramp_model,
-        path,
-        target,
-        patch_size=32,
-        overlap=overlap,
-        batch_size=4,
-        output=output,
-        chunks=chunks,
-        n_classes=3,
-        n_workers=2,
-        progress=False,
-    )
+    settings = {
+        "patch_size": 32,
+        "overlap": overlap,
+        "batch_size": 4,
+        "output": output,
+        "chunks": chunks,
+        "n_classes": 3,
+        "progress": False,
+    }
+    stats = predict_zarr(ramp_model, path, target, n_workers=2, **settings)
     out = open_zarr_volume(target)
     assert np.array_equal(out[:], ref)
     assert np.allclose(zarr_affine(out), AFFINE)
     assert stats["computed"] == stats["chunks"] == int(np.prod([-(-s // chunks) for s in SHAPE]))
     assert stats["windows"] > stats["grid_windows"]  # the halo: windows at chunk borders are done twice
     assert not Path(f"{target}.progress").exists()
-    again = predict_zarr(
-        ramp_model,
-        path,
-        target,
-        patch_size=32,
-        overlap=overlap,
-        batch_size=4,
-        output=output,
-        chunks=chunks,
-        n_classes=3,
-        progress=False,
-    )
+    again = predict_zarr(ramp_model, path, target, **settings)
     assert again["computed"] == 0 and again["skipped"] == stats["chunks"]
 
 
@@ -235,3 +221,36 @@ def test_predict_zarr_refuses_bad_inputs(volume_zarr, tmp_path):
         predict_zarr(run, path, tmp_path / "o3.zarr", progress=False)
     with pytest.raises(ModelSpecError, match="cannot be sent to a cluster"):
         predict_zarr(ramp_model, path, tmp_path / "o4.zarr", client=object(), patch_size=32, progress=False)
+
+
+def test_nan_in_a_zarr_volume_is_found_reading_each_chunk_once(tmp_path):
+    v = np.zeros((80, 60, 50), np.float32)
+    v[70, 50, 3] = np.nan
+    z = open_zarr_volume(save_zarr_volume(tmp_path / "nan.zarr", v, chunks=(32, 16, 50)))
+    reads = []
+
+    class Counting:
+        shape, dtype, ndim, chunks = z.shape, z.dtype, z.ndim, z.chunks
+
+        def __getitem__(self, key):
+            reads.append(key)
+            return z[key]
+
+    with pytest.raises(VolumeError, match=r"NaN or Inf \(first at index \(70, 50, 3\)\)"):
+        predict_volume(ramp_model, Counting(), 32, progress=False)
+    assert all(k[0].stop - k[0].start == 32 and k[1].stop - k[1].start <= 16 for k in reads)
+
+
+def test_write_sandstone_zarr_tiles_without_seams(tmp_path):
+    from helpers.datasets import write_sandstone_zarr
+
+    image = write_sandstone_zarr(tmp_path / "i.zarr", (70, 40, 90), tmp_path / "l.zarr", block=32, chunks=24)
+    labels = open_zarr_volume(tmp_path / "l.zarr")
+    assert image.shape == labels.shape == (70, 40, 90) and image.chunks == (24, 24, 24)
+    x = image[:]
+    assert np.array_equal(x[32:64], x[31::-1][:32])  # the second tile mirrors the first along Z
+    jump = np.abs(np.diff(x, axis=2)).mean(axis=(0, 1))
+    assert jump[31] <= jump.mean()  # no seam where tiles meet
+    assert set(np.unique(labels[:])) <= {0, 1, 2, 3}
+    with pytest.raises(VolumeError, match="already exists"):
+        write_sandstone_zarr(tmp_path / "i.zarr", (8, 8, 8), block=16)

@@ -90,13 +90,13 @@ def test_reader_and_stitcher_errors_surface_with_their_messages(rng):
     assert set(threading.enumerate()) == before
 
 
-def test_array_like_input_is_read_one_slab_at_a_time(rng):
+def test_array_like_input_is_read_one_band_of_windows_at_a_time(rng):
     v = rng.random((70, 50, 60)).astype(np.float32)
     source = FailingVolume(v, fail_after=10**9)
     got = predict_volume(three_class, source, 32, 0.5, 4, output="labels", progress=False)
     assert np.array_equal(got, predict_volume(three_class, v, 32, 0.5, 4, output="labels", progress=False))
-    z_rows = 4  # windows start at z = 0, 13, 25, 38
-    assert source.reads <= 70 // 8 + 1 + z_rows
+    bands = 4 * 3  # window rows: z starts 0, 13, 25, 38; y starts 0, 9, 18
+    assert source.reads == -(-70 // 8) + bands  # the NaN scan, 8 slices at a time, then each band once
 
 
 @pytest.mark.parametrize("output", ["probabilities", "labels"])

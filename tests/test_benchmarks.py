@@ -1,0 +1,39 @@
+"""The benchmark scripts run (at toy sizes) and print the tables docs/benchmarks.md records."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, timeout=600):
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke_runs_on_the_cpu():
+    out = run("benchmarks/gpu.py", "--smoke")
+    row = next(line for line in out.splitlines() if line.strip().startswith("float32 |"))
+    numbers = [float(x) for x in re.findall(r"\d+\.?\d*", row.split("|", 1)[1])]
+    assert len(numbers) == 6 and all(n > 0 for n in numbers)  # train, infer, batches, model s, total s, ratio
+    assert "mixed_float16 | n/a: no GPU visible" in out
+
+
+def test_inference_pipeline_script_reports_both_routes():
+    out = run("benchmarks/inference_pipeline.py", "--sizes", "96", "--repeats", "1", "--unet-size", "0")
+    row = next(line for line in out.splitlines() if line.strip().startswith("96³"))
+    sequential, pipelined = (float(x) for x in row.split("|")[-1].split())
+    assert sequential > 1.0 and pipelined > 0.5
+
+
+def test_out_of_core_script_reports_every_route(tmp_path):
+    out = run("benchmarks/out_of_core.py", "--sizes", "64", "--workdir", str(tmp_path))
+    routes = [line.split("|")[1].strip() for line in out.splitlines() if line.strip().startswith("64³")]
+    assert routes == ["in-memory", "out= zarr", "out= memmap", "predict_zarr"]
+    assert not list(tmp_path.glob("*64*"))  # inputs removed without --keep
