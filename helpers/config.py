@@ -58,7 +58,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "learning_rate": 2e-3,
         "loss": "dice+ce",
         "large_shape": (512, 512, 512),
-        "large_chunk": 128,
+        "large_chunk": 256,
         "large_overlap": 0.25,
         "memory_budget_mb": 256,
     },

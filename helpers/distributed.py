@@ -20,9 +20,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -146,6 +148,13 @@ def volume_normalisation(source: Any, stats: dict[str, Any] | None) -> dict[str,
 _MODEL_RSS: dict[str, int] = {}
 
 
+@functools.lru_cache(maxsize=1)
+def _worker_gpu() -> bool:
+    from helpers.config import gpu_visible
+
+    return gpu_visible()
+
+
 def _rss(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -178,6 +187,7 @@ def _predict_chunk(
         progress=False,
         tta=task["tta"],
         threads=task["threads"],
+        pipeline=_worker_gpu() if task["pipeline"] is None else task["pipeline"],
         region=region,
     )
     target[region] = result.astype(target.dtype, copy=False)
@@ -207,6 +217,7 @@ def predict_zarr(
     n_workers: int | None = None,
     progress: bool = True,
     normalise: bool = True,
+    pipeline: bool | None = None,
 ) -> dict[str, Any]:
     """Predict a zarr volume chunk by chunk on Dask, writing a zarr volume of the same grid.
 
@@ -224,7 +235,8 @@ def predict_zarr(
         Created if missing, with the input's affine; ``(Z, Y, X)`` uint8 labels or
         ``(Z, Y, X, n_classes)`` float32 probabilities. An existing store must match.
     client : dask.distributed.Client, optional
-        Any cluster. By default a LocalCluster of ``n_workers`` processes, one thread each.
+        Any cluster. By default a LocalCluster of ``n_workers`` processes, one thread each,
+        whose workers write what they print to ``<output_zarr>.workers.log``.
     patch_size, overlap, batch_size, blend, output, tta
         As for :func:`helpers.inference.predict_volume`.
     chunks : int or 3 ints, optional
@@ -238,6 +250,10 @@ def predict_zarr(
         Apply the run's intensity normalisation (``model.json``) to what each task reads;
         a per-case z-score uses the whole volume's statistics, computed chunk by chunk.
         The input must already be on the model's working grid (orientation, spacing).
+    pipeline : bool, optional
+        Overlap cutting, the model and stitching inside each task. By default only on
+        workers that see a GPU: on CPU workers the extra threads compete with the other
+        workers for the cores (one thread per task was 11 % faster at 512^3 on 2 cores).
 
     Returns
     -------
@@ -312,6 +328,7 @@ def predict_zarr(
         output=str(Path(output_zarr).resolve()),
         batch_size=int(batch_size),
         threads=1,
+        pipeline=pipeline,
         progress=str(progress_dir),
     )
     start = time.perf_counter()
@@ -389,10 +406,18 @@ def _read_progress(progress_dir: Path, target: Any, params: dict[str, Any]) -> s
                 "holds the progress of a different prediction (model, input or settings) into this "
                 "output; delete the output and this folder to start again",
             )
-        return {p.name for p in progress_dir.iterdir() if p.name != "params.json" and ".tmp-" not in p.name}
+        return completed_chunks(progress_dir)
     progress_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(stamp, json.dumps({"fingerprint": _fingerprint(params), "params": params}))
     return set()
+
+
+def completed_chunks(progress_dir: str | os.PathLike[str]) -> set[str]:
+    """Names (``"z_y_x"`` chunk indices) of the chunks marked complete in ``progress_dir``."""
+    folder = Path(progress_dir)
+    if not folder.is_dir():
+        return set()
+    return {p.name for p in folder.iterdir() if re.fullmatch(r"\d+_\d+_\d+", p.name)}
 
 
 def default_workers() -> int:
@@ -412,6 +437,8 @@ def _run(
 ) -> list[dict[str, Any]]:
     import dask
 
+    if not todo:
+        return []
     if local_model is not None:  # in memory: threads in this process, nothing pickled
         tasks = [dask.delayed(_predict_chunk, pure=False)(task, i, r, local_model) for i, r in todo]
         if progress:
@@ -433,12 +460,26 @@ def _run(
             ) as cluster,
             Client(cluster) as own,
         ):
+            own.run(_log_to_file, f"{task['output']}.workers.log")
             return _submit(own, task, todo, progress)
     return _submit(client, task, todo, progress)
 
 
+def _log_to_file(path: str) -> None:
+    """On a worker of our own cluster: send its stdout and stderr (TensorFlow's start-up
+    chatter, library prints) to ``path`` instead of the notebook or terminal."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def _submit(client: Any, task: dict[str, Any], todo: list, progress: bool) -> list[dict[str, Any]]:
-    if progress:
+    if progress and importlib.util.find_spec("bokeh") is not None:  # the dashboard needs bokeh
         print(f"Dask dashboard: {client.dashboard_link}")
     futures = [client.submit(_predict_chunk, task, i, r, pure=False) for i, r in todo]
     if progress and futures:

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from helpers.io import check_finite, check_volume
+from helpers.io import VolumeError, check_finite, check_volume
 from helpers.patches import (
     Blend,
     Window,
@@ -351,23 +351,45 @@ class _Stitcher:
 
 class _Source:
     """Reads windows (with a channel axis) from an ndarray directly, or from an array-like
-    (zarr, h5py) one band of windows at a time, so the volume is never read whole."""
+    (zarr, h5py) a block at a time: one Z row of windows by four stored chunks along Y, so
+    the volume is never read whole and each stored chunk is decompressed about twice."""
 
     def __init__(self, volume: Any) -> None:
-        self.volume, self.direct = volume, isinstance(volume, np.ndarray)
+        self.volume = volume
+        self.direct = isinstance(volume, np.ndarray) and not isinstance(volume, np.memmap)
         self.channels = len(volume.shape) == 4
-        self.band: tuple[int, int, int, int] | None = None
+        stored = getattr(volume, "chunks", None)
+        self.chunk_y = int(stored[1]) if stored else 64
+        self.origin = tuple(b.start for b in volume.box) if isinstance(volume, _Offset) else (0, 0, 0)
+        self.origin_y = self.origin[1]
+        self.key: tuple[int, int, int, int] | None = None
         self.slab: np.ndarray | None = None
 
     def read(self, inside: Window) -> np.ndarray:
         if self.direct:
             data = self.volume[inside]
-        else:  # one band of windows (a Z row and a Y row) at a time: window-sized in Z and Y
-            band = (inside[0].start, inside[0].stop, inside[1].start, inside[1].stop)
-            if band != self.band:
-                self.slab, self.band = np.asarray(self.volume[band[0] : band[1], band[2] : band[3]]), band
-            data = self.slab[:, :, inside[2]]
+        else:  # a Z row of windows, a block of stored chunks along Y: each chunk is read about twice
+            (z0, z1), (y0, y1) = (inside[0].start, inside[0].stop), (inside[1].start, inside[1].stop)
+            key = self.key
+            if key is None or (z0, z1) != key[:2] or y0 < key[2] or y1 > key[3]:
+                start = max(0, (y0 + self.origin_y) // self.chunk_y * self.chunk_y - self.origin_y)
+                stop = min(self.volume.shape[1], max(y1, start + 4 * self.chunk_y))
+                self.slab, self.key = np.asarray(self.volume[z0:z1, start:stop]), (z0, z1, start, stop)
+                key = self.key
+                self._check_finite(z0, start)
+            data = self.slab[:, y0 - key[2] : y1 - key[2], inside[2]]
         return data if self.channels else data[..., None]
+
+    def _check_finite(self, z0: int, y0: int) -> None:
+        """Refuse NaN or Inf in the block just read, naming the voxel in the whole volume."""
+        if self.slab.dtype.kind == "f" and not np.isfinite(self.slab).all():
+            bad = np.argwhere(~np.isfinite(self.slab))[0]
+            where = (
+                int(bad[0]) + z0 + self.origin[0],
+                int(bad[1]) + y0 + self.origin[1],
+                int(bad[2]) + self.origin[2],
+            )
+            raise VolumeError("volume", f"contains NaN or Inf (first at index {where})")
 
 
 class _Offset:
@@ -476,7 +498,9 @@ def predict_volume(
         A Keras model is called through ``predict_on_batch``.
     volume : ndarray or array-like, (Z, Y, X) or (Z, Y, X, C_in)
         Any real dtype; patches are converted to float32 batch by batch. A memmap,
-        zarr array or h5py dataset is read one window-deep Z slab at a time. Axes
+        zarr array or h5py dataset is read a block at a time (one Z row of windows by
+        four stored chunks along Y). NaN or Inf is refused: an array in memory is
+        scanned first, one on disk block by block as it is read (no extra pass). Axes
         shorter than the patch are padded with ``pad_value`` patch by patch.
     patch_size : int or 3 ints
         Window size in voxels; must match the model's input.
@@ -538,7 +562,8 @@ def predict_volume(
         windows, crop = sliding_windows(volume.shape, patch, overlap), None
     shape = tuple(int(s) for s in volume.shape[:3])
     _check_out(out, shape, output)
-    check_finite(volume)
+    if isinstance(volume, np.ndarray) and not isinstance(volume, np.memmap):
+        check_finite(volume)  # in memory: one cheap pass; from disk, each block is checked as it is read
     _check_model_patch(model, patch)
     predict = _predict_fn(model)
 

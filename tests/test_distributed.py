@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from stub_models import ramp_model
 
-from helpers.distributed import ModelSpecError, predict_zarr
+from helpers.distributed import ModelSpecError, completed_chunks, predict_zarr
 from helpers.inference import predict_volume
 from helpers.io import VolumeError, load_volume, save_volume
 from helpers.zarr_volumes import (
@@ -140,15 +140,14 @@ def test_a_killed_run_resumes_with_only_the_missing_chunks(volume_zarr, tmp_path
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        done = [p for p in progress.glob("*_*_*") if ".tmp-" not in p.name] if progress.exists() else []
-        if len(done) >= 3:
+        if len(completed_chunks(progress)) >= 3:
             break
         time.sleep(0.05)
     assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)  # the run, its cluster and every worker, mid-run
     proc.wait()
     time.sleep(0.5)
-    finished = {p.name for p in progress.iterdir() if p.name != "params.json" and ".tmp-" not in p.name}
+    finished = completed_chunks(progress)
     assert 3 <= len(finished) < 18
     monkeypatch.setenv("PYTHONPATH", _worker_env()["PYTHONPATH"])
     monkeypatch.setenv("STUB_SLEEP_S", "0")
@@ -176,10 +175,14 @@ def test_a_worker_killed_mid_run_costs_only_its_chunk(volume_zarr, tmp_path, mon
         pids = list(client.run(os.getpid).values())
         progress = Path(f"{target}.progress")
 
+        killed = []
+
         def kill_one():
-            while not (progress.exists() and len(list(progress.glob("*_*_*"))) >= 2):
+            deadline = time.monotonic() + 60
+            while len(completed_chunks(progress)) < 2 and time.monotonic() < deadline:
                 time.sleep(0.02)
             os.kill(pids[0], signal.SIGKILL)
+            killed.append(len(completed_chunks(progress)))
 
         killer = threading.Thread(target=kill_one, daemon=True)
         killer.start()
@@ -194,6 +197,7 @@ def test_a_worker_killed_mid_run_costs_only_its_chunk(volume_zarr, tmp_path, mon
             progress=False,
         )
         killer.join(5)
+    assert killed and killed[0] < stats["chunks"]  # the worker died with chunks still to do
     assert stats["computed"] == stats["chunks"]
     ref = predict_volume(ramp_model, v, 32, 0.5, 4, output="labels", progress=False)
     assert np.array_equal(open_zarr_volume(target)[:], ref)
@@ -223,7 +227,7 @@ def test_predict_zarr_refuses_bad_inputs(volume_zarr, tmp_path):
         predict_zarr(ramp_model, path, tmp_path / "o4.zarr", client=object(), patch_size=32, progress=False)
 
 
-def test_nan_in_a_zarr_volume_is_found_reading_each_chunk_once(tmp_path):
+def test_nan_in_a_volume_on_disk_is_found_as_it_is_read(tmp_path):
     v = np.zeros((80, 60, 50), np.float32)
     v[70, 50, 3] = np.nan
     z = open_zarr_volume(save_zarr_volume(tmp_path / "nan.zarr", v, chunks=(32, 16, 50)))
@@ -238,7 +242,13 @@ def test_nan_in_a_zarr_volume_is_found_reading_each_chunk_once(tmp_path):
 
     with pytest.raises(VolumeError, match=r"NaN or Inf \(first at index \(70, 50, 3\)\)"):
         predict_volume(ramp_model, Counting(), 32, progress=False)
-    assert all(k[0].stop - k[0].start == 32 and k[1].stop - k[1].start <= 16 for k in reads)
+    assert all(k[0].stop - k[0].start <= 32 for k in reads)  # no whole-volume pass before predicting
+    with pytest.raises(VolumeError, match=r"\(70, 50, 3\)"):  # and inside a region, in whole-volume indices
+        predict_volume(ramp_model, z, 32, progress=False, region=(slice(60, 80), slice(40, 60), slice(0, 20)))
+    mm = np.lib.format.open_memmap(tmp_path / "nan.npy", "w+", np.float32, v.shape)
+    mm[:] = v
+    with pytest.raises(VolumeError, match=r"\(70, 50, 3\)"):
+        predict_volume(ramp_model, np.load(tmp_path / "nan.npy", mmap_mode="r"), 32, progress=False)
 
 
 def test_write_sandstone_zarr_tiles_without_seams(tmp_path):

@@ -76,7 +76,7 @@ class FailingVolume:
 def test_reader_and_stitcher_errors_surface_with_their_messages(rng):
     before = set(threading.enumerate())
     v = rng.random((96, 96, 96)).astype(np.float32)
-    source = FailingVolume(v, fail_after=v.shape[0] // 8 + 3)  # passes the NaN scan, then fails
+    source = FailingVolume(v, fail_after=3)  # fails on the 4th of its 5 rows of windows
     with pytest.raises(OSError, match="unreachable"):
         predict_volume(three_class, source, 32, 0.5, 4, progress=False)
 
@@ -90,13 +90,14 @@ def test_reader_and_stitcher_errors_surface_with_their_messages(rng):
     assert set(threading.enumerate()) == before
 
 
-def test_array_like_input_is_read_one_band_of_windows_at_a_time(rng):
-    v = rng.random((70, 50, 60)).astype(np.float32)
+def test_array_like_input_is_read_a_block_at_a_time(rng):
+    v = rng.random((70, 300, 60)).astype(np.float32)
     source = FailingVolume(v, fail_after=10**9)
     got = predict_volume(three_class, source, 32, 0.5, 4, output="labels", progress=False)
     assert np.array_equal(got, predict_volume(three_class, v, 32, 0.5, 4, output="labels", progress=False))
-    bands = 4 * 3  # window rows: z starts 0, 13, 25, 38; y starts 0, 9, 18
-    assert source.reads == -(-70 // 8) + bands  # the NaN scan, 8 slices at a time, then each band once
+    # no separate NaN scan: each Z row of windows (z = 0, 13, 25, 38) is read, and checked, in blocks of
+    # 256 rows of Y (4 stored chunks of the default 64): [0, 256), then [192, 300) for windows at y >= 240
+    assert source.reads == 4 * 2
 
 
 @pytest.mark.parametrize("output", ["probabilities", "labels"])
