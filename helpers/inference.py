@@ -165,7 +165,14 @@ class _Stitcher:
         first = windows[0]
         self.row = [w for w in windows if w[0] == first[0]]
         patch = tuple(s.stop - s.start for s in first)
-        self.depth = min(patch[0], shape[0])
+        starts = sorted({w[0].start for w in windows})
+        step = max((b - a for a, b in zip(starts, starts[1:], strict=False)), default=0)
+        self.patch_z = min(patch[0], shape[0])
+        # One step deeper than a window, so that a Z row's slabs can be finalised a little
+        # per batch during the next row instead of all at once: the stitcher then keeps
+        # pace with the model instead of stalling it at every new row.
+        self.depth = min(patch[0] + step, shape[0])
+        self.requested = 0
         plane = (self.depth, *shape[1:])
         self.acc = np.zeros((n_classes, *plane), np.float32)
         normalise = weights is not None and (output == "probabilities" or n_classes == 1)
@@ -209,13 +216,17 @@ class _Stitcher:
         for i in range(1, len(windows) + 1):
             if i == len(windows) or windows[i][0].start != windows[run_start][0].start:
                 z = windows[run_start][0].start
-                if z > self.base:
-                    self.finalise(z)
+                self.requested = max(self.requested, z)  # every Z below the row's start is complete
+                if self.base < z + self.patch_z - self.depth:  # the ring slices the run will use
+                    self.finalise(z + self.patch_z - self.depth)
                 new_row = self.wsum is not None and z != self.last_row
                 self.last_row = z
                 run = list(zip(pred[run_start:i], windows[run_start:i], strict=True))
                 bands = self._bands([w for _, w in run])
                 self._parallel(lambda t, run=run, b=bands, n=new_row, z=z: self._add_band(t, run, b[t], n, z))
+                if self.base < self.requested:  # a share of the pending slabs, in step with the row
+                    quota = -(-(self.depth - self.patch_z) * (i - run_start) // len(self.row)) + 1
+                    self.finalise(min(self.requested, self.base + quota))
                 run_start = i
 
     def _bands(self, windows: Sequence[Window]) -> list[tuple[int, int]]:
@@ -247,7 +258,7 @@ class _Stitcher:
     ) -> None:
         if new_row:
             block, (f0, f1) = self._row_weights(), self.fixed_bands[t]
-            for ring, off in _ring_pieces(z, min(z + self.depth, self.shape[0]), self.depth):
+            for ring, off in _ring_pieces(z, min(z + self.patch_z, self.shape[0]), self.depth):
                 self.wsum[ring, :, f0:f1] += block[off, :, f0:f1]
         x0, x1 = band
         tmp = self.tmp[t]
