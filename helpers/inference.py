@@ -2,7 +2,8 @@
 
 :func:`predict_volume` never holds all patches in memory. Windows are cut in z-major
 order into a small ring of batch buffers, fed to the model in batches of a fixed shape,
-and added with their blend weight into a buffer one window deep along Z. As soon as no
+and added with their blend weight into a buffer one window deep along Z (one window and
+one step when pipelined, so that finalising a slab never stalls the model). As soon as no
 later window can touch a slab of Z it is finalised (normalised, or argmaxed for
 ``output="labels"``) and written out, so the working memory is
 O(patch depth x Y x X x n_classes) rather than O(volume x n_classes).
@@ -165,6 +166,7 @@ class _Stitcher:
         out: Any,
         threads: int,
         crop: tuple[slice, slice, slice] | None = None,
+        deep: bool = False,
     ) -> None:
         self.shape, self.weights, self.output = shape, weights, output
         self.crop = crop or tuple(slice(0, s) for s in shape)
@@ -177,10 +179,10 @@ class _Stitcher:
         starts = sorted({w[0].start for w in windows})
         step = max((b - a for a, b in zip(starts, starts[1:], strict=False)), default=0)
         self.patch_z = min(patch[0], shape[0])
-        # One step deeper than a window, so that a Z row's slabs can be finalised a little
-        # per batch during the next row instead of all at once: the stitcher then keeps
-        # pace with the model instead of stalling it at every new row.
-        self.depth = min(patch[0] + step, shape[0])
+        # ``deep``: one step deeper than a window, so that a Z row's slabs can be finalised
+        # a little per batch during the next row instead of all at once: a pipelined
+        # stitcher then keeps pace with the model instead of stalling it at every row.
+        self.depth = min(patch[0] + (step if deep else 0), shape[0])
         self.requested = 0
         plane = (self.depth, *shape[1:])
         self.acc = np.zeros((n_classes, *plane), np.float32)
@@ -642,7 +644,7 @@ def predict_volume(
         if "stitcher" not in state:
             n_threads = default_threads() if threads is None else int(threads)
             state["stitcher"] = _Stitcher(
-                shape, windows, pred.shape[-1], weights, output, out, n_threads, crop
+                shape, windows, pred.shape[-1], weights, output, out, n_threads, crop, deep=state["deep"]
             )
         state["stitcher"].add(pred, groups[k])
 
@@ -650,8 +652,9 @@ def predict_volume(
 
     with tqdm(total=len(windows), disable=not progress, desc="predict_volume", unit="patch") as bar:
         try:
-            overlap = _worth_pipelining(model) if pipeline is None else pipeline
-            runner = _run_pipelined if overlap else _run_sequential
+            threaded = _worth_pipelining(model) if pipeline is None else pipeline
+            state["deep"] = threaded and out is None  # with out=, memory comes first
+            runner = _run_pipelined if threaded else _run_sequential
             runner(
                 len(groups),
                 lambda k, slot: fill(k, ring[slot]),
