@@ -3,14 +3,15 @@
 One module per job, data flowing one way:
 
 - ``config`` (profiles and parameters), ``io`` (volumes in every format, atomic
-  writes, the validators);
+  writes, the validators), ``zarr_volumes`` (chunked volumes on disk with their affine);
 - ``geometry`` (align, reorient, resample and invert), ``preprocessing``
   (normalisation), ``splits`` (train / val / test), ``datasets`` (dataset folders
   and the embedded data), ``patches`` (windows, padding, blending);
 - ``sampling`` (the patch sampler), ``model`` (the U-Net, losses, metrics),
   ``runs`` (the locked, crash-safe run folder), ``training``;
-- ``inference`` (streaming whole-volume prediction), ``predict`` (new scans, the
-  command line);
+- ``inference`` (pipelined whole-volume prediction), ``postprocessing`` (largest
+  component), ``distributed`` (blockwise prediction of zarr volumes on Dask),
+  ``predict`` (new scans, the command line);
 - ``metrics``, ``evaluation`` (scores per case at native resolution), ``viz``;
 - ``results`` (the metrics records and ``summary.md``), ``runner`` (``make run``).
 
@@ -24,7 +25,8 @@ Axis convention, used by every helper and notebook: a volume array is indexed
 ``[z, y, x]`` (or ``[z, y, x, channel]``), slices first, like a TIFF or DICOM
 stack. Its 4x4 ``affine`` follows NIfTI: it maps the column vector
 ``(x, y, z, 1)`` of voxel indices to world RAS+ millimetres. Only ``helpers.io``
-converts between this and the on-disk layouts.
+(and its chunked twin ``helpers.zarr_volumes``) converts between this and the on-disk
+layouts.
 """
 
 __version__ = "0.1.0"
