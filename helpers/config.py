@@ -1,7 +1,7 @@
 """Run profiles: named parameter sets that size the course for a machine.
 
 ``quick`` is a CI smoke run, ``cpu`` a meaningful run on a 2-core laptop (``make run``
-took 12 to 18 minutes on the course's 2-core machine), ``full`` the mission's settings
+took 25 minutes on the course's 2-core machine on 2026-11-28), ``full`` the mission's settings
 (64^3 patches, batch 8, 100 epochs).
 This module uses the standard library only, so the Makefile can validate a
 profile name before anything is installed.
