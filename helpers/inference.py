@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from helpers.io import VolumeError, check_finite, check_volume
+from helpers.io import check_finite, check_volume
 from helpers.patches import (
     Blend,
     Window,
@@ -383,7 +383,6 @@ class _Source:
         stored = getattr(volume, "chunks", None)
         self.chunk_y = int(stored[1]) if stored else 64
         self.origin = tuple(b.start for b in volume.box) if isinstance(volume, _Offset) else (0, 0, 0)
-        self.origin_y = self.origin[1]
         self.key: tuple[int, int, int, int] | None = None
         self.slab: np.ndarray | None = None
 
@@ -394,24 +393,15 @@ class _Source:
             (z0, z1), (y0, y1) = (inside[0].start, inside[0].stop), (inside[1].start, inside[1].stop)
             key = self.key
             if key is None or (z0, z1) != key[:2] or y0 < key[2] or y1 > key[3]:
-                start = max(0, (y0 + self.origin_y) // self.chunk_y * self.chunk_y - self.origin_y)
+                oy = self.origin[1]
+                start = max(0, (y0 + oy) // self.chunk_y * self.chunk_y - oy)
                 stop = min(self.volume.shape[1], max(y1, start + 4 * self.chunk_y))
                 self.slab, self.key = np.asarray(self.volume[z0:z1, start:stop]), (z0, z1, start, stop)
                 key = self.key
-                self._check_finite(z0, start)
+                o = self.origin
+                check_finite(self.slab, origin=(z0 + o[0], start + o[1], o[2]))
             data = self.slab[:, y0 - key[2] : y1 - key[2], inside[2]]
         return data if self.channels else data[..., None]
-
-    def _check_finite(self, z0: int, y0: int) -> None:
-        """Refuse NaN or Inf in the block just read, naming the voxel in the whole volume."""
-        if self.slab.dtype.kind == "f" and not np.isfinite(self.slab).all():
-            bad = np.argwhere(~np.isfinite(self.slab))[0]
-            where = (
-                int(bad[0]) + z0 + self.origin[0],
-                int(bad[1]) + y0 + self.origin[1],
-                int(bad[2]) + self.origin[2],
-            )
-            raise VolumeError("volume", f"contains NaN or Inf (first at index {where})")
 
 
 class _Offset:

@@ -656,11 +656,13 @@ def _save_tiff(tmp: Path, array: np.ndarray, affine: np.ndarray) -> None:
 _CHUNK = 8
 
 
-def check_finite(volume: Any, path: Any = "volume") -> None:
+def check_finite(volume: Any, path: Any = "volume", origin: Sequence[int] = (0, 0, 0)) -> None:
     """Raise VolumeError if a float ``volume`` holds NaN or Inf, scanning ``_CHUNK`` Z slices at a time.
 
     Chunking keeps the temporary mask small and reads a memory map piece by piece; a
     chunked store (zarr, h5py) is read in its own chunks, so each is decompressed once.
+    ``origin`` (Z, Y, X) is added to the reported index when ``volume`` is a block of a
+    larger volume.
     """
     if not np.issubdtype(volume.dtype, np.floating):
         return
@@ -673,7 +675,12 @@ def check_finite(volume: Any, path: Any = "volume") -> None:
             chunk = np.asarray(volume[z0 : z0 + zstep, y0 : y0 + ystep])
             if not np.isfinite(chunk).all():
                 bad = np.argwhere(~np.isfinite(chunk))[0]
-                where = (int(bad[0]) + z0, int(bad[1]) + y0, *map(int, bad[2:]))
+                where = (
+                    int(bad[0]) + z0 + origin[0],
+                    int(bad[1]) + y0 + origin[1],
+                    int(bad[2]) + origin[2],
+                    *map(int, bad[3:]),
+                )
                 raise VolumeError(path, f"contains NaN or Inf (first at index {where})")
 
 
