@@ -66,8 +66,12 @@ def course_plan(dataset: str | None = None) -> list[tuple[str, str]]:
 
 
 #: Environment of the notebook kernels: TensorFlow's C++ logging off (its INFO and
-#: WARNING lines, "cuInit: UNKNOWN ERROR (303)" without a GPU, look like failures).
-KERNEL_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+#: WARNING lines, "cuInit: UNKNOWN ERROR (303)" without a GPU, look like failures), and
+#: its oneDNN kernels on where ``import helpers`` turned them on (see helpers/__init__.py).
+KERNEL_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    **{k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS",) if k in os.environ},
+}
 
 
 def _quiet_kernel_manager(log_path: Path) -> type:

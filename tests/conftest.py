@@ -6,6 +6,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import helpers  # noqa: E402, F401  (sets TensorFlow's CPU options before a test imports it)
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:

@@ -59,3 +59,30 @@ def test_segmentation_models_3d_builds_resnet18_unet_offline():
     n = model.count_params()
     assert 42.1e6 < n < 43.1e6, n
     assert model.output_shape == (None, 64, 64, 64, 4)
+
+
+def test_importing_helpers_turns_on_tensorflows_onednn_kernels_on_x86_before_tensorflow_loads():
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from helpers.runner import KERNEL_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    probe = (
+        "import os, sys, helpers; print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), 'tensorflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True)
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    assert out.stdout.split() == (["1"] if x86 else ["None"]) + ["False"], out.stderr
+    if x86:  # notebook kernels inherit it, also where a cell imports Keras before helpers
+        assert KERNEL_ENV["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    kept = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert kept.stdout.split()[0] == "0"  # a user's own choice wins
