@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +154,11 @@ def load_volume(
     series_uid : str, optional
         The SeriesInstanceUID to read when a DICOM folder holds several series.
 
+    Temporary files that a killed writer left beside ``path`` are removed first
+    (:func:`remove_stale_temporaries`). A ``.nii.gz`` is decompressed step by step and
+    refused as soon as it proves shorter than its header declares, so a forged header
+    costs no memory; scaled NIfTI data (slope and intercept) load as float32.
+
     Raises
     ------
     VolumeError
@@ -167,6 +174,7 @@ def load_volume(
         )
     path = Path(path)
     _check_exists(path)
+    remove_stale_temporaries(path if path.is_dir() else path.parent)
     if path.is_dir():
         try:
             files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -174,6 +182,11 @@ def load_volume(
             raise VolumeError(path, "permission denied") from None
         return _load_dicom(files, series_uid, where=path)
     suffix = _suffix(path)
+    try:
+        with open(path, "rb"):  # readers such as nibabel wrap a refusal into "not an image"
+            pass
+    except PermissionError:
+        raise VolumeError(path, "permission denied") from None
     try:
         if suffix in NIFTI_SUFFIXES:
             vol = _load_nifti(path)
@@ -216,35 +229,88 @@ def _load_nifti(path: Path) -> Volume:
     import nibabel as nib
 
     img = nib.load(str(path))
-    _check_declared_size(path, img)
-    data = np.asanyarray(img.dataobj)
+    hdr = img.header
+    shape = tuple(int(s) for s in hdr.get_data_shape())
+    if 0 in shape:
+        raise VolumeError(path, f"is empty: its header declares shape {shape}")
+    dtype = hdr.get_data_dtype()
+    offset = int(img.dataobj.offset)  # the header may say 0 where the data follows it at 352
+    needed = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if _suffix(path) == ".nii.gz":
+        raw = _gunzip_prefix(path, needed)
+        _check_declared_size(path, shape, dtype, needed, len(raw), "decompresses to")
+        count = (needed - offset) // dtype.itemsize
+        data = np.frombuffer(raw, dtype, count=count, offset=offset).reshape(shape, order="F")
+    else:
+        _check_declared_size(path, shape, dtype, needed, path.stat().st_size, "holds")
+        data = np.asanyarray(img.dataobj.get_unscaled())
+    data = _apply_scaling(data, float(img.dataobj.slope), float(img.dataobj.inter))
     if data.ndim == 5 and data.shape[3] == 1:
         data = data[:, :, :, 0, :]
     if data.ndim >= 3:
         data = np.ascontiguousarray(np.swapaxes(data, 0, 2))
-    hdr = img.header
     meta = {"qform_code": int(hdr["qform_code"]), "sform_code": int(hdr["sform_code"])}
     return Volume(data, np.asarray(img.affine, dtype=np.float64), "nifti", meta=meta)
 
 
-def _check_declared_size(path: Path, img: Any) -> None:
-    """Refuse a NIfTI whose header claims more voxel data than the file can hold, before reading it."""
-    hdr = img.header
-    needed = int(hdr.get_data_offset()) + int(np.prod(hdr.get_data_shape(), dtype=np.int64)) * int(
-        hdr.get_data_dtype().itemsize
-    )
-    size = path.stat().st_size
-    if _suffix(path) == ".nii.gz":
-        with open(path, "rb") as f:  # gzip's trailer holds the uncompressed size modulo 2**32
-            f.seek(-4, os.SEEK_END)
-            size = int.from_bytes(f.read(4), "little")
-        needed %= 2**32
+#: Bytes of decompressed output per step when reading a ``.nii.gz``.
+_GZIP_STEP = 1 << 24
+
+
+def _gunzip_prefix(path: Path, needed: int) -> bytearray:
+    """The first ``needed`` decompressed bytes of a gzip file, or all of them if it holds fewer.
+
+    Decompresses at most ``_GZIP_STEP`` bytes per step into a buffer that grows only as
+    real data arrives, so a header that claims terabytes costs no more memory than
+    the file really holds. Concatenated gzip members and zero padding are read as
+    ``gzip`` reads them.
+    """
+    buf = bytearray()
+    pending = b""
+    inflate = zlib.decompressobj(wbits=31)
+    with open(path, "rb") as f:
+        while len(buf) < needed:
+            if inflate.eof:  # another member may follow, after optional zero padding
+                pending = pending.lstrip(b"\0")
+                if pending:
+                    inflate = zlib.decompressobj(wbits=31)
+            if not pending:
+                pending = f.read(1 << 20)
+                if not pending:
+                    break
+                continue
+            buf += inflate.decompress(pending, min(_GZIP_STEP, needed - len(buf)))
+            pending = inflate.unconsumed_tail or inflate.unused_data
+    return buf
+
+
+def _check_declared_size(
+    path: Path, shape: tuple[int, ...], dtype: Any, needed: int, size: int, verb: str
+) -> None:
+    """Refuse a NIfTI whose header claims more bytes (``needed``) than the file ``verb`` (``size``)."""
     if size < needed:
         raise VolumeError(
             path,
-            f"header declares shape {hdr.get_data_shape()} of {hdr.get_data_dtype()} ({needed:,} bytes) "
-            f"but the file holds {size:,} bytes: corrupt or truncated file",
+            f"header declares shape {shape} of {dtype} ({needed:,} bytes with the header) "
+            f"but the file {verb} only {size:,} bytes: corrupt or truncated file",
         )
+
+
+def _apply_scaling(raw: np.ndarray, slope: float, inter: float) -> np.ndarray:
+    """``raw`` in native byte order, times ``slope`` plus ``inter`` as float32 unless they are 1 and 0.
+
+    nibabel would scale to float64: twice the memory, for a precision no scan has.
+    """
+    if not raw.dtype.isnative:
+        raw = raw.astype(raw.dtype.newbyteorder("="))
+    if slope == 1.0 and inter == 0.0:
+        return raw
+    out = raw.astype(np.float32)
+    if slope != 1.0:
+        out *= np.float32(slope)
+    if inter != 0.0:
+        out += np.float32(inter)
+    return out
 
 
 def _check_numpy_header(path: Path) -> None:
@@ -403,6 +469,12 @@ def _load_dicom(files: list[Path], series_uid: str | None, where: Any) -> Volume
         iop = np.array(chosen[0][1].ImageOrientationPatient, dtype=np.float64)
         row_cos, col_cos = iop[:3], iop[3:]
         normal = np.cross(row_cos, col_cos)
+        if iop.shape != (6,) or not np.isfinite(iop).all() or np.linalg.norm(normal) < 1e-3:
+            raise VolumeError(
+                chosen[0][0],
+                f"has a degenerate orientation: ImageOrientationPatient {iop.tolist()} must hold two "
+                "non-zero, non-parallel direction vectors (row, column)",
+            )
         positions = np.array([ds.ImagePositionPatient for _, ds in chosen], dtype=np.float64)
         row_spacing, col_spacing = (float(v) for v in chosen[0][1].PixelSpacing)
     except AttributeError as err:
@@ -435,6 +507,7 @@ def _load_dicom(files: list[Path], series_uid: str | None, where: Any) -> Volume
         if slope != 1 or intercept != 0:
             pixels = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
         slices.append(pixels)
+    _check_slice_shapes(slices, [f for f, _ in chosen])
     array = np.stack(slices)
     lps = np.eye(4)
     lps[:3, 0] = row_cos * col_spacing
@@ -443,6 +516,19 @@ def _load_dicom(files: list[Path], series_uid: str | None, where: Any) -> Volume
     lps[:3, 3] = positions[0]
     meta = {"series_uid": str(getattr(chosen[0][1], "SeriesInstanceUID", ""))}
     return Volume(array, LPS_TO_RAS @ lps, "dicom", path=str(where), meta=meta)
+
+
+def _check_slice_shapes(slices: Sequence[np.ndarray], files: Sequence[Path]) -> None:
+    """Refuse a series whose slices differ in size, naming the first file off the common size."""
+    shapes = [s.shape for s in slices]
+    common = max(set(shapes), key=shapes.count)
+    odd = next((i for i, s in enumerate(shapes) if s != common), None)
+    if odd is not None:
+        raise VolumeError(
+            files[odd],
+            f"slice of {shapes[odd][0]} x {shapes[odd][1]} pixels in a series of {common[0]} x {common[1]} "
+            f"slices ({shapes.count(common)} of {len(shapes)}): the series mixes image sizes",
+        )
 
 
 # ---------------------------------------------------------------------------- saving
@@ -469,29 +555,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
-    """Delete temporary files that a crashed :func:`atomic_path` left beside ``path``.
+#: A temporary of :func:`atomic_path`: ``.<name>.<pid>.<random>.partial<suffix>``.
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.partial")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that crashed :func:`atomic_path` writers left in ``folder``.
 
     A temporary file is named ``.<name>.<pid>.<random>.partial<suffix>``; it is stale
-    when process ``pid`` no longer runs. Files of live processes are left alone.
-    Returns the paths removed.
+    when process ``pid`` no longer runs. Files of live processes are left alone, and a
+    folder that cannot be listed or written is left as it is. Returns the paths removed.
     """
-    path = Path(path)
     removed = []
-    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.partial*"):
-        parts = tmp.name[len(path.name) + 2 :].split(".")
-        pid = int(parts[0]) if parts and parts[0].isdigit() else None
-        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(".") or ".partial" not in entry.name:
             continue
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-            removed.append(tmp)
+        match = _PARTIAL.match(entry.name)
+        if match is None:
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
     return removed
-
-
-def glob_escape(name: str) -> str:
-    """``name`` with glob metacharacters escaped, for ``Path.glob``."""
-    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
 
 
 @contextlib.contextmanager
@@ -502,7 +594,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     an interrupted write never leaves a truncated file. The temporary name keeps the
     extension (``.nii.gz`` and ``.weights.h5`` included) so writers that look at it
     still work, and carries the writer's PID, so temporaries left by a killed process
-    are removed on the next write to the same destination. The final file gets the
+    are removed on the next write to any file of the same folder
+    (:func:`remove_stale_temporaries`). The final file gets the
     usual permissions (0666 less the umask).
 
     Raises
@@ -513,7 +606,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         raise VolumeError(path, f"folder {path.parent} does not exist")
-    remove_stale_temporaries(path)
+    remove_stale_temporaries(path.parent)
     try:
         fd, name = tempfile.mkstemp(
             prefix=f".{path.name}.{os.getpid()}.", suffix=f".partial{_temp_suffix(path)}", dir=path.parent

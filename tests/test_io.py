@@ -393,3 +393,75 @@ def test_dicom_writer_refuses_values_it_cannot_store_and_scales_floats(tmp_path,
     hu = rng.integers(-1000, 2000, (3, 4, 5)).astype(np.int16)
     written = write_dicom_series(tmp_path / "int", hu, np.eye(4))
     assert np.array_equal(load_volume(written[0].parent).array, hu)
+
+
+# ----------------------------------------------------------------- issue 23: sizes and leftovers
+
+
+@pytest.mark.parametrize(
+    ("shape", "nifti2", "needed"),
+    [
+        ((1024, 1024, 2048), False, "2,147,484,000"),
+        ((2048, 2048, 1024), False, "4,294,967,648"),
+        ((2**32 + 1, 1, 1), True, "4,294,967,841"),
+        ((2048, 2048, 8192), False, "34,359,738,720"),
+    ],
+)
+def test_a_forged_size_claim_is_refused_with_its_true_numbers_in_little_memory(
+    tmp_path, shape, nifti2, needed
+):
+    import tracemalloc
+
+    from bad_inputs import _nifti_claim
+
+    call, path = _nifti_claim(shape, nifti2)(tmp_path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(VolumeError) as err:
+            call()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert_names(err, path, "declares", f"({needed} bytes with the header)", "decompresses to only")
+    assert peak < 100e6, peak
+
+
+def test_gzip_members_and_scaled_data_load_as_nibabel_reads_them_but_in_float32(tmp_path):
+    raw = np.arange(4 * 5 * 6, dtype=np.int16).reshape(6, 5, 4) - 50
+    img = nib.Nifti1Image(raw, np.diag([2.0, 3.0, 4.0, 1.0]))
+    img.header.set_slope_inter(0.5, -1024.0)
+    nib.save(img, tmp_path / "scaled.nii")
+    expected = np.swapaxes(np.asarray(nib.load(tmp_path / "scaled.nii").dataobj), 0, 2)
+    data = (tmp_path / "scaled.nii").read_bytes()
+    half = len(data) // 2  # two concatenated gzip members, zero padding after them, as gzip reads them
+    (tmp_path / "members.nii.gz").write_bytes(
+        gzip.compress(data[:half]) + gzip.compress(data[half:]) + b"\0" * 8
+    )
+    for name in ("scaled.nii", "members.nii.gz"):
+        vol = load_volume(tmp_path / name)
+        assert vol.array.dtype == np.float32, name
+        assert np.array_equal(vol.array, expected), name
+        assert np.allclose(vol.affine, img.affine)
+
+
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(proc.stdout)
+
+
+def test_a_dead_writers_partial_file_goes_with_the_next_write_or_read_in_its_folder(tmp_path, ref):
+    scan = save_volume(tmp_path / "scan.nii.gz", ref.array, like=ref)
+    dead = tmp_path / f".seg.nii.gz.{dead_pid()}.k2x_9abc.partial.nii.gz"
+    live = tmp_path / f".seg.nii.gz.{os.getppid()}.q7y_1def.partial.nii.gz"
+    for path in (dead, live):
+        path.write_bytes(b"half a file")
+    save_volume(tmp_path / "other.npz", ref.array)  # a write to another file of the folder
+    assert not dead.exists() and live.exists()
+    dead.write_bytes(b"half a file")
+    load_volume(scan)  # a read beside it
+    assert not dead.exists() and live.exists()
