@@ -49,9 +49,13 @@ RING_DEPTH = 4
 _POLL_S = 0.05
 
 
-def _check_model_patch(model: Any, patch: tuple[int, int, int]) -> None:
-    """Raise ValueError when a Keras model declares a spatial input other than ``patch``."""
-    declared = getattr(model, "input_shape", None)
+def _check_model_input(model: Any, patch: tuple[int, int, int], channels: int) -> None:
+    """Raise ValueError when a Keras model declares a spatial input other than ``patch``, or other
+    than ``channels`` input channels (checked for every model that declares its input)."""
+    try:
+        declared = model.input_shape
+    except Exception:  # a callable, or a Keras model not built yet
+        return
     if isinstance(declared, list):
         declared = declared[0]
     if declared is None or len(declared) != 5:
@@ -59,6 +63,11 @@ def _check_model_patch(model: Any, patch: tuple[int, int, int]) -> None:
     spatial = tuple(declared[1:4])
     if any(d is not None and d != p for d, p in zip(spatial, patch, strict=True)):
         raise ValueError(f"patch_size {patch} does not match the model's input patch {spatial}")
+    if declared[4] is not None and int(declared[4]) != channels:
+        raise ValueError(
+            f"the volume has {channels} channel(s) but the model takes {int(declared[4])} input "
+            "channel(s); give the model the channels it was trained on, in the same order"
+        )
 
 
 def _predict_fn(model: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -559,6 +568,9 @@ def predict_volume(
     volume = check_volume(volume)
     patch = as_patch_shape(patch_size)
     overlap = check_overlap(overlap)
+    real = isinstance(pad_value, (int, float, np.integer, np.floating)) and not isinstance(pad_value, bool)
+    if not real or not np.isfinite(pad_value):
+        raise ValueError(f"pad_value must be a finite number, got {pad_value!r}")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if output not in ("probabilities", "labels"):
@@ -578,10 +590,10 @@ def predict_volume(
     _check_out(out, shape, output)
     if isinstance(volume, np.ndarray) and not isinstance(volume, np.memmap):
         check_finite(volume)  # in memory: one cheap pass; from disk, each block is checked as it is read
-    _check_model_patch(model, patch)
+    n_in = int(volume.shape[3]) if len(volume.shape) == 4 else 1
+    _check_model_input(model, patch, n_in)
     predict = _predict_fn(model)
 
-    n_in = int(volume.shape[3]) if len(volume.shape) == 4 else 1
     groups = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
     full = tuple(slice(0, p) for p in patch)
     source = _Source(volume)

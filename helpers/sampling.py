@@ -86,6 +86,22 @@ def _check_count(name: str, value: Any) -> int:
     return int(value)
 
 
+def _cases(value: Any, name: str) -> list[Any]:
+    """``value`` as a list of per-case arrays: one array, or a list or tuple of arrays.
+
+    A nested Python list of numbers is refused rather than read as one case per
+    element.
+    """
+    if not isinstance(value, (list, tuple)):
+        return [value]
+    if any(not hasattr(v, "shape") for v in value):
+        raise ValueError(
+            f"{name} is a nested Python list of numbers, not a list of arrays: pass np.asarray({name}) "
+            "for one case, or a list with one array per case"
+        )
+    return list(value)
+
+
 class PatchSampler(keras.utils.PyDataset):
     """Random training patches drawn on the fly from images and their label maps.
 
@@ -141,8 +157,7 @@ class PatchSampler(keras.utils.PyDataset):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        images = list(image) if isinstance(image, (list, tuple)) else [image]
-        label_maps = list(labels) if isinstance(labels, (list, tuple)) else [labels]
+        images, label_maps = _cases(image, "image"), _cases(labels, "labels")
         if not images or len(images) != len(label_maps):
             raise ValueError(
                 f"image and labels must be lists of equal length, got {len(images)} and {len(label_maps)}"
@@ -216,10 +231,13 @@ class PatchSampler(keras.utils.PyDataset):
         return k, tuple(int(rng.integers(0, s - p + 1)) for p, s in zip(self.patch, shape, strict=True))  # type: ignore[return-value]
 
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Batch ``index`` of the current epoch as (x, labels uint8) before one-hot encoding."""
+        """Batch ``index`` of the current epoch as (x, labels) before one-hot encoding.
+
+        Labels are uint8, or int32 when ``n_classes`` exceeds 256.
+        """
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         x = np.empty((self.batch_size, *self.patch, self.channels), dtype=np.float32)
-        y = np.empty((self.batch_size, *self.patch), dtype=np.uint8)
+        y = np.empty((self.batch_size, *self.patch), dtype=np.uint8 if self.n_classes <= 256 else np.int32)
         for b in range(self.batch_size):
             k, (z0, y0, x0) = self._start(rng)
             win = (

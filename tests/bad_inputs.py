@@ -116,6 +116,77 @@ def _nifti_header_claims(suffix: str) -> Callable[[Path], tuple[Call, str]]:
     return make
 
 
+def _nifti_claim(shape: tuple[int, int, int], nifti2: bool = False) -> Callable[[Path], tuple[Call, str]]:
+    """A ~100-byte ``.nii.gz`` whose header claims ``shape`` of uint8 (NIfTI-2 for axes past 32767)."""
+
+    def make(tmp: Path) -> tuple[Call, str]:
+        import nibabel as nib
+
+        from helpers.io import load_volume
+
+        header = nib.Nifti2Header() if nifti2 else nib.Nifti1Header()
+        header.set_data_dtype(np.uint8)
+        header.set_data_shape(shape)
+        header.set_data_offset(len(header.binaryblock) + 4)  # 352 (NIfTI-1) or 544 (NIfTI-2)
+        path = tmp / f"claims-{'x'.join(map(str, shape))}.nii.gz"
+        path.write_bytes(gzip.compress(header.binaryblock + b"\0" * (4 + 16)))
+        return (lambda: load_volume(path)), str(path)
+
+    return make
+
+
+def _nifti_empty_axis(tmp: Path) -> tuple[Call, str]:
+    import nibabel as nib
+
+    from helpers.io import load_volume
+
+    path = tmp / "empty.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((0, 5, 6), np.float32), np.eye(4)), path)
+    return (lambda: load_volume(path)), str(path)
+
+
+def _gz_permission_denied(tmp: Path) -> tuple[Call, str]:
+    import nibabel as nib
+
+    from helpers.io import load_volume
+
+    path = tmp / "locked.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), path)
+
+    def call() -> Any:  # root reads any file, so the refusal is simulated where files are opened
+        with mock.patch("builtins.open", side_effect=PermissionError(13, "Permission denied")):
+            return load_volume(path)
+
+    return call, str(path)
+
+
+def _dicom_zero_orientation(tmp: Path) -> tuple[Call, str]:
+    import pydicom
+
+    from helpers.io import load_volume
+
+    files = _dicom_series(tmp)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.ImageOrientationPatient = [0.0] * 6
+        ds.save_as(f, enforce_file_format=True)
+    return (lambda: load_volume(tmp / "series")), str(files[0])
+
+
+def _dicom_mixed_sizes(tmp: Path) -> tuple[Call, str]:
+    import pydicom
+
+    from helpers.io import load_volume
+
+    files = _dicom_series(tmp)
+    odd = max(files, key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]) == 2.0)
+    ds = pydicom.dcmread(odd)
+    ds.Rows, ds.Columns = 8, 10
+    ds.PixelData = np.zeros((8, 10), np.int16).tobytes()
+    ds.save_as(odd, enforce_file_format=True)
+    return (lambda: load_volume(tmp / "series")), str(odd)
+
+
 def _symlink_loop(tmp: Path) -> tuple[Call, str]:
     from helpers.io import load_volume
 
@@ -231,6 +302,30 @@ def _keras_patch_mismatch(tmp: Path) -> tuple[Call, str]:
     return (lambda: predict_volume(model, volume, 32, batch_size=2, progress=False)), "patch_size"
 
 
+def _keras_model_any_size() -> Any:
+    import keras
+
+    inputs = keras.Input((None, None, None, 1))
+    return keras.Model(inputs, keras.layers.Conv3D(2, 1, activation="softmax")(inputs))
+
+
+def _keras_channels(fresh: bool) -> Callable[[Path], tuple[Call, str]]:
+    """A 1-channel model given a 2-channel volume: fresh, or after a correct call at another patch size."""
+
+    def make(tmp: Path) -> tuple[Call, str]:
+        from helpers.inference import predict_volume
+
+        model = _keras_model_16() if fresh else _keras_model_any_size()
+        if not fresh:
+            predict_volume(model, np.zeros((20, 18, 22), np.float32), 16, batch_size=2, progress=False)
+        volume = np.zeros((20, 18, 22, 2), np.float32)
+        return (
+            lambda: predict_volume(model, volume, 16 if fresh else 8, batch_size=2, progress=False)
+        ), "channel"
+
+    return make
+
+
 def _sampler(image: Any, labels: Any, name: str, **kwargs: Any) -> Callable[[Path], tuple[Call, str]]:
     def make(tmp: Path) -> tuple[Call, str]:
         from helpers.sampling import PatchSampler
@@ -318,6 +413,18 @@ CASES: list[Case] = [
     Case("dicom-one-multiframe", "load_volume", lambda t: _multiframe(t, 1), ("multi-frame",)),
     Case("nii.gz-header-claims-2GiB", "load_volume", _nifti_header_claims(".nii.gz"), ("declares",)),
     Case("nii-header-claims-2GiB", "load_volume", _nifti_header_claims(".nii"), ("declares",)),
+    Case(
+        "nii.gz-claims-exactly-4GiB",
+        "load_volume",
+        _nifti_claim((2048, 2048, 1024)),
+        ("declares", "4,294,967,"),
+    ),
+    Case("nii.gz-claims-4GiB+1", "load_volume", _nifti_claim((2**32 + 1, 1, 1), True), ("4,294,967,")),
+    Case("nii.gz-claims-32GiB", "load_volume", _nifti_claim((2048, 2048, 8192)), ("declares", "34,359,738,")),
+    Case("nii.gz-empty-axis", "load_volume", _nifti_empty_axis, ("empty", "(0, 5, 6)")),
+    Case("nii.gz-permission-denied", "load_volume", _gz_permission_denied, ("permission denied",)),
+    Case("dicom-zero-orientation", "load_volume", _dicom_zero_orientation, ("orientation",)),
+    Case("dicom-mixed-slice-sizes", "load_volume", _dicom_mixed_sizes, ("mixes image sizes",)),
     # load_volume: paths
     Case("path-none", "load_volume", _load_volume_arg(None), ("NoneType",)),
     Case("path-int", "load_volume", _load_volume_arg(42), ("int",)),
@@ -354,6 +461,14 @@ CASES: list[Case] = [
         _predict(_constant_model(0.5), np.full((4, 4, 4), "a"), "volume"),
     ),
     Case("predict-patch-vs-model", "predict_volume", _keras_patch_mismatch, ("model's input",)),
+    Case("predict-channels-fresh-model", "predict_volume", _keras_channels(True), ("2 channel", "takes 1")),
+    Case("predict-channels-used-model", "predict_volume", _keras_channels(False), ("2 channel", "takes 1")),
+    Case(
+        "predict-pad-value-nan",
+        "predict_volume",
+        _predict(_constant_model(0.5), _Z, "pad_value", pad_value=float("nan")),
+        ("finite",),
+    ),
     Case(
         "predict-channels-change",
         "predict_volume",
@@ -371,6 +486,7 @@ CASES: list[Case] = [
     Case("sampler-nan-image", "PatchSampler", _sampler(_with(_Z, (2, 3, 4), np.nan), _L, "image")),
     Case("sampler-float-batch", "PatchSampler", _sampler(_Z, _L, "batch_size", batch_size=2.5)),
     Case("sampler-zero-classes", "PatchSampler", _sampler(_Z, _L, "n_classes", n_classes=0)),
+    Case("sampler-nested-list-labels", "PatchSampler", _sampler(_Z, _L.tolist(), "labels"), ("nested",)),
     # get_params
     Case("params-patch-string", "get_params", _params(patch_size="64")),
     Case("params-patch-48", "get_params", _params(patch_size=48), ("multiple of 32",)),

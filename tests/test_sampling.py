@@ -131,3 +131,13 @@ def test_anisotropic_patches(rng):
     labels = (image > 0.5).astype(np.uint8)
     x, y = PatchSampler(image, labels, (16, 32, 64), 2, 1, n_classes=2)[0]
     assert x.shape == (2, 16, 32, 64, 1) and y.shape == (2, 16, 32, 64, 2)
+
+
+def test_labels_beyond_255_keep_their_value_in_the_batch():
+    labels = np.zeros((8, 8, 8), np.uint16)
+    labels[2:6, 2:6, 2:6] = 300  # label 300 once came out as 44 from a uint8 buffer
+    image = labels.astype(np.float32)
+    sampler = PatchSampler(image, labels, 8, 2, 1, n_classes=301, augment=False)
+    x, y = sampler.sample(0)
+    assert y.max() == 300 and np.array_equal(y[0], labels)
+    assert sampler[0][1].argmax(-1).max() == 300
