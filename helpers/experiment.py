@@ -127,13 +127,17 @@ def start_run(params: dict[str, Any], ds: Dataset, patch: tuple[int, int, int]) 
     return info
 
 
-def train_from_params(params: dict[str, Any], callbacks: tuple = (), verbose: str | int = 2) -> dict:
+def train_from_params(
+    params: dict[str, Any], callbacks: tuple = (), verbose: str | int = 2, state_every: int | None = None
+) -> dict:
     """Build the U-Net and train it as ``params`` say (what 04 shows step by step).
 
-    Returns the history from ``log.csv``. Writes ``model.json`` first (:func:`start_run`).
+    ``state_every`` overrides how many epochs pass between saves of the optimizer state
+    (:func:`helpers.training.training_run`). Returns the history from ``log.csv``.
+    Writes ``model.json`` first (:func:`start_run`).
     """
     from helpers.model import build_unet, replicas, set_precision, strategy_scope
-    from helpers.training import train
+    from helpers.training import STATE_EVERY, train
 
     ds = prepare(params)
     patch = patch_shape(ds, params)
@@ -161,6 +165,7 @@ def train_from_params(params: dict[str, Any], callbacks: tuple = (), verbose: st
         callbacks=callbacks,
         verbose=verbose,
         record=record,
+        state_every=state_every or STATE_EVERY,
     )
 
 

@@ -7,14 +7,18 @@ A run folder (``run_dir``) holds one training run::
     best.keras        the best model by the monitored metric, for inference
     complete.json     written once, when the run has finished
     backup/           the resume point while the run is unfinished:
-        epoch-NNNN.weights.h5   weights and optimizer state after NNNN epochs
-        epoch-NNNN.json         the commit: history, best value and epoch, early stop
-        best-NNNN.keras         a best-model candidate waiting to be promoted
+        epoch-NNNN.json         a commit: history, best value and epoch, early stop, resume point
+        epoch-NNNN.weights.h5   weights and optimizer state after NNNN epochs (a state commit)
+        best-NNNN.keras         a best-model candidate (``best.keras`` is a hard link to one)
 
 Every file is written through :func:`helpers.io.atomic_path`. An epoch counts as
-finished when its ``epoch-NNNN.json`` exists (the commit point, written last); the
-log and ``best.keras`` are derived from the newest commit, so after a kill at any
-moment the next call rebuilds them and resumes exactly where the commit says.
+finished when its ``epoch-NNNN.json`` exists (the commit point, written last), and
+``log.csv`` and ``best.keras`` are derived from the newest commit. The 512 MB of
+weights and optimizer state are saved only every few epochs (a *state commit*;
+:class:`helpers.training.RunCheckpoint` says when), so each commit names the state
+commit it would resume from. After a kill the next call rolls the log and
+``best.keras`` back to that state commit and trains again from there: it loses at
+most the epochs since, never a finished run.
 It imports no Keras or TensorFlow (h5py only to check a weights file), so it is cheap to import.
 """
 
@@ -32,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers.io import remove_stale_temporaries, write_text_atomic
+from helpers.io import atomic_path, remove_stale_temporaries, write_text_atomic
 
 LOCK_NAME = ".lock"
 _GENERATION = re.compile(r"^epoch-(\d{4,})\.json$")
@@ -82,7 +86,12 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[Path]:
 
 @dataclass
 class Commit:
-    """The state after ``epochs_done`` finished epochs, as stored in ``backup/epoch-NNNN.json``."""
+    """The state after ``epochs_done`` finished epochs, as stored in ``backup/epoch-NNNN.json``.
+
+    ``resume_from`` is the ``epochs_done`` of the newest state commit at or before this
+    one (None in records written before state commits were spaced out: every commit
+    then held its weights).
+    """
 
     epochs_done: int
     history: list[dict[str, float]] = field(default_factory=list)
@@ -90,6 +99,12 @@ class Commit:
     best: float | None = None
     best_epoch: int | None = None
     stopped_early: bool = False
+    resume_from: int | None = None
+
+    @property
+    def is_state(self) -> bool:
+        """Whether this commit saved the weights and optimizer state."""
+        return self.resume_from is None or self.resume_from == self.epochs_done
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=1)
@@ -110,7 +125,10 @@ def candidate_path(run_dir: str | os.PathLike[str], epoch: int) -> Path:
 
 
 def commits(run_dir: str | os.PathLike[str]) -> list[Commit]:
-    """Readable commits in ``run_dir/backup``, newest first; unreadable ones are skipped."""
+    """Readable commits in ``run_dir/backup``, newest first; unreadable ones are skipped.
+
+    A state commit counts only with its weights file.
+    """
     found = []
     folder = backup_dir(run_dir)
     if not folder.is_dir():
@@ -124,7 +142,9 @@ def commits(run_dir: str | os.PathLike[str]) -> list[Commit]:
             commit = Commit(**data)
         except (OSError, ValueError, TypeError):
             continue
-        if commit.epochs_done == int(match.group(1)) and weights_path(run_dir, commit.epochs_done).exists():
+        if commit.epochs_done != int(match.group(1)):
+            continue
+        if not commit.is_state or weights_path(run_dir, commit.epochs_done).exists():
             found.append(commit)
     return sorted(found, key=lambda c: c.epochs_done, reverse=True)
 
@@ -141,18 +161,58 @@ def weights_readable(path: str | os.PathLike[str]) -> bool:
 
 
 def latest_commit(run_dir: str | os.PathLike[str]) -> Commit | None:
-    """The newest commit whose weights file is readable, falling back to older ones; None if none."""
-    return next((c for c in commits(run_dir) if weights_readable(weights_path(run_dir, c.epochs_done))), None)
+    """The newest commit, state or not (what the log and ``best.keras`` show); None if none."""
+    found = commits(run_dir)
+    return found[0] if found else None
+
+
+def resume_point(run_dir: str | os.PathLike[str]) -> Commit | None:
+    """The newest state commit whose weights file is readable, where a training resumes; None if none."""
+    return next(
+        (
+            c
+            for c in commits(run_dir)
+            if c.is_state and weights_readable(weights_path(run_dir, c.epochs_done))
+        ),
+        None,
+    )
+
+
+#: What ``complete.json`` must hold, and of which types.
+_COMPLETE_FIELDS = {"epochs": int, "epochs_run": int, "monitor": str}
 
 
 def read_complete(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The ``complete.json`` record of a finished run, or None (also for an unreadable file)."""
+    """The ``complete.json`` record of a finished run, or None when the run has not finished.
+
+    Raises
+    ------
+    RunFolderError
+        ``complete.json`` exists but cannot be read, is not JSON or lacks its fields
+        (a full disk, a hand edit). Nothing is deleted: the message says what to do.
+    """
     path = Path(run_dir) / "complete.json"
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        text = path.read_text()
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) and "epochs" in data else None
+    except OSError as err:
+        raise RunFolderError(f"{path} cannot be read ({err.strerror})") from None
+    try:
+        data = json.loads(text)
+        problem = None if isinstance(data, dict) else f"holds a {type(data).__name__}, not a record"
+    except ValueError as err:
+        data, problem = None, "is empty" if not text.strip() else f"is not valid JSON ({err})"
+    if problem is None:
+        wrong = [k for k, kind in _COMPLETE_FIELDS.items() if not isinstance(data.get(k), kind)]
+        problem = f"lacks valid fields {wrong}" if wrong else None
+    if problem is not None:
+        raise RunFolderError(
+            f"{path} {problem}: it marks a finished run, whose best.keras and log.csv are kept untouched. "
+            f"Restore complete.json (fields {sorted(_COMPLETE_FIELDS)}, for example from log.csv), or "
+            f"delete {run_dir} (or choose another run_dir) to train again"
+        )
+    return data
 
 
 def write_commit(run_dir: str | os.PathLike[str], commit: Commit) -> Path:
@@ -183,12 +243,13 @@ def read_log(path: str | os.PathLike[str]) -> dict[str, list[float]]:
     return {k: [float(r[k]) if k != "epoch" else int(r[k]) for r in rows] for k in rows[0]}
 
 
-def settle(run_dir: str | os.PathLike[str], commit: Commit | None) -> None:
+def settle(run_dir: str | os.PathLike[str], commit: Commit | None, resume: Commit | None = None) -> None:
     """Make the derived files agree with ``commit`` (None: a fresh start). Idempotent.
 
-    Promotes the committed best candidate to ``best.keras``, rewrites ``log.csv`` from
-    the commit's history, and removes older generations, uncommitted candidates and
-    stale temporary files. Call it only while holding :func:`run_lock`.
+    Links ``best.keras`` to the committed best candidate, rewrites ``log.csv`` from
+    the commit's history, and removes what neither ``commit`` nor the state commit
+    ``resume`` it would resume from needs (default: ``commit`` itself), uncommitted
+    candidates and stale temporary files. Call it only while holding :func:`run_lock`.
     """
     run_dir = Path(run_dir)
     folder = backup_dir(run_dir)
@@ -197,29 +258,56 @@ def settle(run_dir: str | os.PathLike[str], commit: Commit | None) -> None:
         for name in ("best.keras", "log.csv"):
             (run_dir / name).unlink(missing_ok=True)
     else:
+        resume = resume or commit
         if commit.best_epoch is not None:
-            candidate = candidate_path(run_dir, commit.best_epoch)
-            if candidate.exists():
-                os.replace(candidate, run_dir / "best.keras")
+            _link_best(candidate_path(run_dir, commit.best_epoch), run_dir / "best.keras")
         write_text_atomic(run_dir / "log.csv", log_text(commit.history))
-        keep = {
-            f"epoch-{commit.epochs_done:04d}.json",
-            weights_path(run_dir, commit.epochs_done).name,
-        }
+        keep = {weights_path(run_dir, resume.epochs_done).name}
+        for c in (commit, resume):
+            keep.add(f"epoch-{c.epochs_done:04d}.json")
+            if c.best_epoch is not None:
+                keep.add(candidate_path(run_dir, c.best_epoch).name)
         for path in folder.iterdir() if folder.is_dir() else ():
             if path.name not in keep:
                 path.unlink(missing_ok=True)
-    for name in ("best.keras", "log.csv", "complete.json"):
-        remove_stale_temporaries(run_dir / name)
+    remove_stale_temporaries(run_dir)
+
+
+def _link_best(candidate: Path, best: Path) -> None:
+    """Make ``best`` the file ``candidate`` is, by an atomic hard link (a copy where links fail).
+
+    The candidate stays in ``backup/`` so that a rollback to an older state commit
+    can restore its ``best.keras``; the link costs no disk space.
+    """
+    if not candidate.exists() or (best.exists() and os.path.samefile(candidate, best)):
+        return
+    with atomic_path(best) as tmp:
+        tmp.unlink()
+        try:
+            os.link(candidate, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copy2(candidate, tmp)
+
+
+def orphaned_results(run_dir: str | os.PathLike[str]) -> list[str]:
+    """``best.keras`` and ``log.csv`` in ``run_dir`` with neither ``complete.json`` nor a commit.
+
+    Training never leaves them so; they belong to a run whose records were removed by
+    hand, and are never deleted without being asked.
+    """
+    run_dir = Path(run_dir)
+    if read_complete(run_dir) is not None or commits(run_dir):
+        return []
+    return [name for name in ("best.keras", "log.csv") if (run_dir / name).exists()]
 
 
 def committed_epochs(run_dir: str | os.PathLike[str]) -> int:
-    """How many epochs of ``run_dir`` are finished for good (complete or committed)."""
+    """How many epochs of ``run_dir`` are finished for good: complete, or saved in a state commit."""
     done = read_complete(run_dir)
     if done is not None:
         return int(done.get("epochs_run", done["epochs"]))
-    found = commits(run_dir)
-    return found[0].epochs_done if found else 0
+    point = resume_point(run_dir)
+    return point.epochs_done if point else 0
 
 
 def leftover_temporaries(run_dir: str | os.PathLike[str]) -> list[Path]:

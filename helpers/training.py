@@ -1,8 +1,9 @@
 """Training: a resumable, crash-safe training loop.
 
 :func:`train` runs Adam on a :class:`helpers.sampling.PatchSampler` in a locked run
-folder (:mod:`helpers.runs`) and commits every finished epoch, so a killed kernel
-resumes from the last finished epoch and loses nothing.
+folder (:mod:`helpers.runs`) and commits every finished epoch (the log and the best
+model every epoch, the weights and optimizer state every few), so a killed kernel
+resumes from the last state commit and loses at most the epochs since.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from helpers.runs import (  # read_log: re-exported for the notebooks
     candidate_path,
     latest_commit,
     leftover_temporaries,
+    orphaned_results,
     read_complete,
     read_log,
+    resume_point,
     run_lock,
     settle,
     weights_path,
@@ -50,31 +53,60 @@ def inference_copy(model: keras.Model) -> keras.Model:
     return copy
 
 
+#: Defaults for how often the weights and optimizer state are saved (a state commit).
+STATE_EVERY, STATE_MINUTES = 5, 10.0
+
+
 class RunCheckpoint(keras.callbacks.Callback):
-    """Commit each finished epoch to the run folder so a kill at any moment loses nothing.
+    """Commit each finished epoch to the run folder so a kill at any moment loses little.
 
     At the end of every epoch, in this order: a best-model candidate (only when
-    ``monitor`` improved), the weights with the optimizer state, then the commit
-    record (:func:`helpers.runs.write_commit`), each through a temporary file and a
-    rename. Only then are ``best.keras`` and ``log.csv`` updated from the commit
-    (:func:`helpers.runs.settle`). Put it after callbacks that may stop training
-    (EarlyStopping), so the commit records the stop.
+    ``monitor`` improved), the weights with the optimizer state when a state commit is
+    due, then the commit record (:func:`helpers.runs.write_commit`), each through a
+    temporary file and a rename. Only then are ``best.keras`` and ``log.csv`` updated
+    from the commit (:func:`helpers.runs.settle`). Put it after callbacks that may stop
+    training (EarlyStopping), so the commit records the stop.
+
+    A state commit (512 MB for the U-Net) is due once ``state_every`` epochs or
+    ``state_minutes`` minutes have passed since the last, never at the last epoch
+    (``complete.json`` follows it). A kill therefore costs at most ``state_every``
+    epochs, or ``state_minutes`` minutes plus one epoch, whichever comes first.
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str], commit: Commit | None, monitor: str) -> None:
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        commit: Commit | None,
+        monitor: str,
+        epochs: int | None = None,
+        state_every: int = STATE_EVERY,
+        state_minutes: float = STATE_MINUTES,
+    ) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
-        self.commit = commit or Commit(0, monitor=monitor)
+        self.commit = commit or Commit(0, monitor=monitor, resume_from=0)
+        self.resume = self.commit
         self.monitor = monitor
+        self.epochs = epochs
+        self.state_every, self.state_seconds = int(state_every), 60.0 * float(state_minutes)
+        self._last_state = time.monotonic()
         self._export: keras.Model | None = None  # the inference copy, built once
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         backup_dir(self.run_dir).mkdir(parents=True, exist_ok=True)
+        self._last_state = time.monotonic()
         if self.commit.epochs_done:
             optimizer = self.model.optimizer
             if optimizer is not None and not optimizer.built:  # else its saved state is skipped
                 optimizer.build(self.model.trainable_variables)
             self.model.load_weights(weights_path(self.run_dir, self.commit.epochs_done))
+
+    def _state_due(self, done: int, stopping: bool) -> bool:
+        last = self.epochs if self.epochs is not None else self.params.get("epochs")
+        if stopping or (last is not None and done >= last):
+            return False
+        waited = time.monotonic() - self._last_state
+        return done - self.resume.epochs_done >= self.state_every or waited >= self.state_seconds
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
@@ -90,24 +122,24 @@ class RunCheckpoint(keras.callbacks.Callback):
                 self._export.set_weights(self.model.get_weights())
             with atomic_path(candidate_path(self.run_dir, epoch)) as tmp:
                 self._export.save(tmp)
-        with atomic_path(weights_path(self.run_dir, epoch + 1)) as tmp:
-            self.model.save_weights(tmp)
-        self.commit = Commit(
-            epoch + 1,
-            [*old.history, row],
-            self.monitor,
-            best,
-            best_epoch,
-            bool(getattr(self.model, "stop_training", False)),
-        )
+        stopping = bool(getattr(self.model, "stop_training", False))
+        state = self._state_due(epoch + 1, stopping)
+        if state:
+            with atomic_path(weights_path(self.run_dir, epoch + 1)) as tmp:
+                self.model.save_weights(tmp)
+        resume_from = epoch + 1 if state else self.resume.epochs_done
+        history = [*old.history, row]
+        self.commit = Commit(epoch + 1, history, self.monitor, best, best_epoch, stopping, resume_from)
         write_commit(self.run_dir, self.commit)
-        settle(self.run_dir, self.commit)
+        if state:
+            self.resume, self._last_state = self.commit, time.monotonic()
+        settle(self.run_dir, self.commit, self.resume)
 
 
-def check_epochs(epochs: Any) -> int:
-    """Return ``epochs`` as an int >= 1, or raise ValueError naming it."""
+def check_epochs(epochs: Any, name: str = "epochs") -> int:
+    """Return ``epochs`` as an int >= 1, or raise ValueError naming it (``name``)."""
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+        raise ValueError(f"{name} must be an integer >= 1, got {epochs!r}")
     return int(epochs)
 
 
@@ -133,18 +165,24 @@ def training_run(
     epochs: int,
     monitor: str = "val_mean_iou",
     record: dict[str, Any] | None = None,
+    state_every: int = STATE_EVERY,
+    state_minutes: float = STATE_MINUTES,
 ) -> Iterator[TrainingRun]:
     """Lock ``run_dir`` and resume what an interrupted training left there, for one ``model.fit``.
 
     The folder is locked for the block (:func:`helpers.runs.run_lock`): a second
     training on it fails at once with :class:`helpers.runs.RunLockedError`. The
     yielded :class:`TrainingRun` says where to start; its :class:`RunCheckpoint`
-    commits every finished epoch atomically, so after a kill at any moment the next
-    call resumes after the last committed epoch. When the block ends with all
-    ``epochs`` committed (or an early stop), ``complete.json`` is written and the
-    resume point removed; a completed run is never trained again, and asking it for
-    more epochs raises :class:`helpers.runs.RunFolderError`. ``training.json``
-    records the seconds per epoch of the epochs this call trained, with ``record``.
+    commits every finished epoch atomically (the log and ``best.keras`` every epoch,
+    the weights and optimizer state every ``state_every`` epochs or ``state_minutes``
+    minutes), so after a kill at any moment the next call resumes from the last state
+    commit. When the block ends with all ``epochs`` committed (or an early stop),
+    ``complete.json`` is written and the resume point removed; a completed run is never
+    trained again, and asking it for more epochs raises
+    :class:`helpers.runs.RunFolderError`, as do a damaged ``complete.json`` and a
+    ``best.keras`` or ``log.csv`` left without any record: nothing finished is deleted
+    unasked. ``training.json`` records the seconds per epoch of the epochs this call
+    trained, with ``record``.
 
     Example
     -------
@@ -153,14 +191,25 @@ def training_run(
     ...         model.fit(data, epochs=10, initial_epoch=run.initial_epoch, callbacks=run.callbacks)
     """
     epochs = check_epochs(epochs)
+    state_every = check_epochs(state_every, "state_every")
+    if not isinstance(state_minutes, (int, float)) or not state_minutes > 0:
+        raise ValueError(f"state_minutes must be a number > 0, got {state_minutes!r}")
     run_dir = Path(run_dir)
     with run_lock(run_dir):
         done = read_complete(run_dir)
         commit = None
         if done is None:
-            commit = latest_commit(run_dir)
-            if commit is not None and (commit.epochs_done >= epochs or commit.stopped_early):
-                done = _complete(run_dir, commit, epochs)
+            newest = latest_commit(run_dir)
+            if newest is not None and (newest.epochs_done >= epochs or newest.stopped_early):
+                done = _complete(run_dir, newest, epochs)
+            elif newest is None and orphaned_results(run_dir):
+                raise RunFolderError(
+                    f"{run_dir} holds {' and '.join(orphaned_results(run_dir))} but neither complete.json "
+                    "nor a resume point: a finished run whose records were removed. Nothing was deleted; "
+                    "delete those files (or the folder) to train again, or choose another run_dir"
+                )
+            else:
+                commit = resume_point(run_dir)
         if done is not None:
             settle_complete(run_dir)
             if done["epochs"] < epochs:
@@ -175,7 +224,7 @@ def training_run(
         resumed = commit.epochs_done if commit else 0
         if resumed:
             print(f"Resuming from {run_dir}: {resumed} epoch(s) already done.")
-        checkpoint = RunCheckpoint(run_dir, commit, monitor)
+        checkpoint = RunCheckpoint(run_dir, commit, monitor, epochs, state_every, state_minutes)
         start = time.perf_counter()
         yield TrainingRun(run_dir, epochs, resumed, False, [checkpoint])
         ran = checkpoint.commit.epochs_done - resumed
@@ -218,18 +267,21 @@ def train(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: str | int = 2,
     record: dict[str, Any] | None = None,
+    state_every: int = STATE_EVERY,
+    state_minutes: float = STATE_MINUTES,
 ) -> dict[str, list[float]]:
     """Compile and fit ``model`` in a :func:`training_run` on ``run_dir``, resuming if interrupted.
 
     ``run_dir`` receives ``best.keras`` (best validation mean IoU, architecture and
     weights only, loadable with ``safe_mode=True``), ``log.csv`` (one row per
     finished epoch), ``backup/`` (the resume point, removed when training completes),
-    ``training.json`` and ``complete.json``; see :func:`training_run`.
+    ``training.json`` and ``complete.json``; see :func:`training_run`, which also
+    explains ``state_every`` and ``state_minutes``.
 
     Returns the whole history read from ``log.csv``: {metric: [value per epoch]}.
     """
     monitor = "val_mean_iou" if val_data is not None else "mean_iou"
-    with training_run(run_dir, epochs, monitor, record) as run:
+    with training_run(run_dir, epochs, monitor, record, state_every, state_minutes) as run:
         if not run.done:
             compile_for_training(model, learning_rate, loss, class_names)
             cbs: list[keras.callbacks.Callback] = []

@@ -3,7 +3,8 @@
 ``python tests/fault_worker.py RUN_DIR EPOCHS`` trains a two-layer Conv3D model on a
 random phantom with :func:`helpers.training.train`. It prints ``READY`` before
 training and ``STARTED k`` at the start of each epoch, flushed, so a test can kill
-it at a chosen moment and see which epochs a resume trains.
+it at a chosen moment and see which epochs a resume trains. The weights and optimizer
+state are saved every ``STATE_EVERY`` epochs, so a kill loses at most that many.
 """
 
 import os
@@ -16,6 +17,8 @@ import numpy as np  # noqa: E402
 
 from helpers.sampling import PatchSampler
 from helpers.training import train  # noqa: E402
+
+STATE_EVERY = 2
 
 
 class Report(keras.callbacks.Callback):
@@ -37,7 +40,7 @@ def main(run_dir: str, epochs: int) -> None:
     data = PatchSampler(image, labels, 16, 2, 2, n_classes=3, seed=0)
     val = PatchSampler(image, labels, 16, 2, 1, n_classes=3, augment=False, resample_each_epoch=False)
     print("READY", flush=True)
-    train(tiny_model(), data, val, epochs, run_dir, callbacks=[Report()], verbose=0)
+    train(tiny_model(), data, val, epochs, run_dir, callbacks=[Report()], verbose=0, state_every=STATE_EVERY)
     print("FINISHED", flush=True)
 
 

@@ -1,4 +1,5 @@
-"""Issue 15: training survives SIGKILL at any moment, and a run folder admits one training."""
+"""Issues 15 and 23: training survives SIGKILL at any moment, losing at most the epochs since the
+last state commit (``fault_worker.STATE_EVERY``), and a run folder admits one training."""
 
 import os
 import signal
@@ -10,10 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fault_worker import STATE_EVERY
 
 from helpers.io import SLOW_WRITE_ENV
 from helpers.model import load_model
-from helpers.runs import RunLockedError, committed_epochs, leftover_temporaries, read_complete, run_lock
+from helpers.runs import (
+    RunLockedError,
+    committed_epochs,
+    latest_commit,
+    leftover_temporaries,
+    read_complete,
+    run_lock,
+)
 from helpers.training import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,24 +77,28 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     moments = np.sort(rng.uniform(0.0, duration, 10))
     with ThreadPoolExecutor(max_workers=2) as pool:  # two at a time: the machine has 2 cores
         results = list(pool.map(kill_then_resume, [tmp_path / f"kill{i}" for i in range(10)], moments))
-    for i, (done, _torn, started) in enumerate(results):
-        assert started == list(range(done, EPOCHS)), (moments[i], done, started)  # nothing trained twice
+    for i, (done, logged, _torn, started) in enumerate(results):
+        # a resume starts at the last state commit, at most STATE_EVERY - 1 logged epochs back,
+        # and a run whose last epoch was logged is finished, not retrained
+        assert 0 <= logged - done < STATE_EVERY, (moments[i], done, logged)
+        expected = [] if logged >= EPOCHS else list(range(done, EPOCHS))
+        assert started == expected, (moments[i], done, logged, started)
         check_finished_run(tmp_path / f"kill{i}")
     assert finish(start(tmp_path / "kill0")) == []  # a finished run is never retrained
-    seen = [r[0] for r in results]
+    seen = [r[1] for r in results]
     print(
-        f"kills at {np.round(moments, 2)} s of {duration:.2f} s: epochs committed {seen}, "
-        f"inside a write {[r[1] for r in results]}"
+        f"kills at {np.round(moments, 2)} s of {duration:.2f} s: epochs logged {seen}, "
+        f"resumed from {[r[0] for r in results]}, inside a write {[r[2] for r in results]}"
     )
     assert len(set(seen)) >= 3, seen  # the kills really were spread over the run
-    assert sum(r[1] for r in results) >= 2, results  # and some landed inside a write
+    assert sum(r[2] for r in results) >= 2, results  # and some landed inside a write
 
 
-def kill_then_resume(run_dir: Path, moment: float) -> tuple[int, bool, list[int]]:
+def kill_then_resume(run_dir: Path, moment: float) -> tuple[int, int, bool, list[int]]:
     """SIGKILL a training ``moment`` s after it is ready, then resume it to the end.
 
-    Returns (epochs committed at the kill, whether the kill left a temporary file,
-    epochs the resume started).
+    Returns (epochs saved for good at the kill, epochs logged, whether the kill left a
+    temporary file, epochs the resume started).
     """
     proc = start(run_dir)
     wait_ready(proc)
@@ -93,7 +106,9 @@ def kill_then_resume(run_dir: Path, moment: float) -> tuple[int, bool, list[int]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done, torn = committed_epochs(run_dir), bool(leftover_temporaries(run_dir))
-    return done, torn, finish(start(run_dir))
+    newest = latest_commit(run_dir)
+    logged = EPOCHS if read_complete(run_dir) else newest.epochs_done if newest else 0
+    return done, logged, torn, finish(start(run_dir))
 
 
 @pytest.mark.slow

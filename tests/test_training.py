@@ -52,6 +52,7 @@ def test_training_resumes_after_an_interruption(phantom, tmp_path):
             tmp_path,
             callbacks=[InterruptAfterEpoch(2)],
             verbose=0,
+            state_every=2,
         )
     assert read_log(tmp_path / "log.csv")["epoch"] == [0, 1]
     assert [c.epochs_done for c in commits(tmp_path)] == [2]
@@ -64,7 +65,14 @@ def test_training_resumes_after_an_interruption(phantom, tmp_path):
             iterations.append(int(self.model.optimizer.iterations.numpy()))
 
     history = train(
-        build_unet(4, patch_size=32), train_data, val_data, 4, tmp_path, callbacks=[Spy(99)], verbose=0
+        build_unet(4, patch_size=32),
+        train_data,
+        val_data,
+        4,
+        tmp_path,
+        callbacks=[Spy(99)],
+        verbose=0,
+        state_every=2,
     )
     assert started == [2, 3]  # continued at epoch 3 (1-based)
     assert iterations == [2, 3]  # with the optimizer state (Adam's step count) restored
@@ -101,11 +109,115 @@ def test_seconds_per_epoch_counts_only_the_epochs_this_call_trained(tmp_path):
     labels = np.random.default_rng(0).integers(0, 3, (20, 20, 20)).astype(np.uint8)
     data = PatchSampler(labels.astype(np.float32), labels, 16, 2, 2, n_classes=3)
     with pytest.raises(SimulatedInterruption):
-        train(tiny_model(), data, None, 3, tmp_path, callbacks=[InterruptAfterEpoch(1)], verbose=0)
+        train(
+            tiny_model(),
+            data,
+            None,
+            3,
+            tmp_path,
+            callbacks=[InterruptAfterEpoch(1)],
+            verbose=0,
+            state_every=1,
+        )
     assert not (tmp_path / "training.json").exists()  # the interrupted call finished no run
-    train(tiny_model(), data, None, 3, tmp_path, verbose=0, record={"note": "resumed"})
+    train(tiny_model(), data, None, 3, tmp_path, verbose=0, record={"note": "resumed"}, state_every=1)
     timing = json.loads((tmp_path / "training.json").read_text())
     assert timing["epochs_run"] == 2 and timing["note"] == "resumed"
     assert timing["seconds_per_epoch"] == pytest.approx(timing["seconds"] / 2)
     with pytest.raises(RunFolderError, match="completed 3-epoch run"):
         train(tiny_model(), data, None, 5, tmp_path, verbose=0)  # extending is refused, not retrained
+
+
+# ----------------------------------------------------------------- issue 23: a run never deletes its results
+
+
+def finished_run(tmp_path, epochs=2):
+    from fault_worker import tiny_model
+
+    labels = np.random.default_rng(0).integers(0, 3, (16, 16, 16)).astype(np.uint8)
+    data = PatchSampler(labels.astype(np.float32), labels, 16, 1, 1, n_classes=3)
+    train(tiny_model(), data, None, epochs, tmp_path, verbose=0)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("", "is empty"), ('{"epochs": 2, "epo', "not valid JSON"), ('{"epochs": "two"}', "lacks valid fields")],
+)
+def test_a_damaged_complete_json_is_reported_and_the_finished_run_kept(tmp_path, text, words):
+    from fault_worker import tiny_model
+
+    data = finished_run(tmp_path)
+    kept = {name: (tmp_path / name).read_bytes() for name in ("best.keras", "log.csv")}
+    (tmp_path / "complete.json").write_text(text)
+    with pytest.raises(RunFolderError, match=words) as err:
+        train(tiny_model(), data, None, 2, tmp_path, verbose=0)
+    assert str(tmp_path / "complete.json") in str(err.value) and "delete" in str(err.value)
+    assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
+
+
+def test_results_without_any_record_are_never_deleted_or_retrained(tmp_path):
+    from fault_worker import tiny_model
+
+    data = finished_run(tmp_path)
+    (tmp_path / "complete.json").unlink()  # removed by hand
+    best = (tmp_path / "best.keras").read_bytes()
+    with pytest.raises(RunFolderError, match="best.keras and log.csv but neither complete.json"):
+        train(tiny_model(), data, None, 2, tmp_path, verbose=0)
+    assert (tmp_path / "best.keras").read_bytes() == best and (tmp_path / "log.csv").exists()
+
+
+def test_state_is_saved_every_few_epochs_and_a_kill_rolls_back_to_it(tmp_path):
+    import json
+
+    from fault_worker import tiny_model
+
+    from helpers.runs import latest_commit, resume_point, weights_path
+
+    labels = np.random.default_rng(0).integers(0, 3, (16, 16, 16)).astype(np.uint8)
+    data = PatchSampler(labels.astype(np.float32), labels, 16, 1, 1, n_classes=3)
+    val = PatchSampler(labels.astype(np.float32), labels, 16, 1, 1, n_classes=3, augment=False)
+    states = []
+
+    class Watch(InterruptAfterEpoch):
+        def on_epoch_end(self, epoch, logs=None):
+            states.append(sorted(p.name for p in (tmp_path / "backup").glob("*.weights.h5")))
+            super().on_epoch_end(epoch, logs)
+
+    with pytest.raises(SimulatedInterruption):
+        train(tiny_model(), data, val, 8, tmp_path, callbacks=[Watch(5)], verbose=0, state_every=2)
+    assert states == [
+        [],
+        ["epoch-0002.weights.h5"],
+        ["epoch-0002.weights.h5"],
+        ["epoch-0004.weights.h5"],
+        ["epoch-0004.weights.h5"],
+    ]
+    assert latest_commit(tmp_path).epochs_done == 5 and resume_point(tmp_path).epochs_done == 4
+    assert read_log(tmp_path / "log.csv")["epoch"] == [0, 1, 2, 3, 4]  # the log still commits every epoch
+    point = json.loads((tmp_path / "backup" / "epoch-0004.json").read_text())
+    started = []
+
+    class Spy(InterruptAfterEpoch):
+        def on_epoch_begin(self, epoch, logs=None):
+            started.append(epoch)
+
+    history = train(tiny_model(), data, val, 8, tmp_path, callbacks=[Spy(99)], verbose=0, state_every=2)
+    assert started == [4, 5, 6, 7]  # one epoch, the one after the last state commit, trained again
+    assert history["epoch"] == list(range(8))
+    assert history["val_mean_iou"][:4] == [row["val_mean_iou"] for row in point["history"]]
+    assert not weights_path(tmp_path, 6).exists() and not (tmp_path / "backup").exists()
+
+
+def test_the_last_epoch_saves_no_optimizer_state(tmp_path, monkeypatch):
+    import keras
+
+    saved = []
+    original = keras.Model.save_weights
+    monkeypatch.setattr(
+        keras.Model,
+        "save_weights",
+        lambda self, path, *a, **k: (saved.append(path), original(self, path, *a, **k)),
+    )
+    finished_run(tmp_path, epochs=3)
+    assert saved == []  # 3 epochs < state_every: the run needs no resume point at all
