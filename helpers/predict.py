@@ -11,8 +11,10 @@ has no float16 type). ``--tta mirror`` averages the 8 mirrored predictions of ev
 window (8 x the model time); ``--keep-largest 1,2`` keeps only the largest connected
 component of classes 1 and 2, for structures known to be one object.
 
-A scan that cannot be read is reported with its file and the reason, and the other
-scans are still processed; the exit status is 0 only when every scan succeeded.
+A scan that fails, for whatever reason, is reported with its file and the reason, and
+the other scans are still processed; the exit status is 0 only when every scan
+succeeded. Two inputs that would write the same output file, and ``--keep-largest``
+classes the model does not have, are refused before anything runs.
 """
 
 from __future__ import annotations
@@ -46,6 +48,32 @@ def find_scans(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
         inner = [p for p in children if p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES)]
         scans += inner if inner else [path]
     return scans
+
+
+def _output_names(scans: Sequence[Path]) -> dict[Path, str]:
+    """Each scan's case name, refusing (before anything runs) two scans that would share an output."""
+    names = {path: case_name(path) for path in scans}
+    by_name: dict[str, list[str]] = {}
+    for path, name in names.items():
+        by_name.setdefault(name, []).append(str(path))
+    clashes = {name: paths for name, paths in by_name.items() if len(paths) > 1}
+    if clashes:
+        listing = "; ".join(f"{' and '.join(paths)} -> {name}_seg.nii.gz" for name, paths in clashes.items())
+        raise ValueError(
+            f"inputs would overwrite each other's output: {listing}. Rename one of them or segment them "
+            "into separate output folders"
+        )
+    return names
+
+
+def _check_keep_largest(classes: Sequence[int], class_names: Sequence[str]) -> None:
+    """Refuse ``--keep-largest`` classes that are not foreground classes of the model."""
+    wrong = [c for c in classes if not 1 <= int(c) < len(class_names)]
+    if wrong:
+        raise ValueError(
+            f"--keep-largest names class(es) {wrong}, but the model's foreground classes are "
+            f"1..{len(class_names) - 1} ({', '.join(class_names[1:])})"
+        )
 
 
 def segment(
@@ -118,24 +146,27 @@ def predict_scans(
     from helpers.experiment import load_trained
 
     start = time.perf_counter()
+    scans = find_scans(inputs)
+    names = _output_names(scans)
     model, info = load_trained(run_dir)
+    _check_keep_largest(keep_largest, info["class_names"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written, failed = [], {}
-    scans = find_scans(inputs)
     for path in tqdm(scans, desc="predict", unit="scan", disable=not progress):
         try:
             scan = load_volume(path)
             labels, probs = segment(
                 model, info, scan, overlap, batch_size, probabilities, tta=tta, keep_largest=keep_largest
             )
-            name = case_name(path)
+            name = names[path]
             written.append(save_volume(out / f"{name}_seg.nii.gz", labels, affine=scan.affine))
             if probs is not None:
                 save_volume(out / f"{name}_prob.npz", probs.astype(np.float16), affine=scan.affine)
-        except VolumeError as err:
-            failed[str(path)] = str(err)
-            print(f"error: {err}", file=sys.stderr)
+        except Exception as err:  # one scan's failure, whatever raised it, never costs the others
+            reason = str(err) if isinstance(err, VolumeError) else f"{path}: {type(err).__name__}: {err}"
+            failed[str(path)] = reason
+            print(f"error: {reason}", file=sys.stderr)
     return {"written": [str(p) for p in written], "failed": failed, "seconds": time.perf_counter() - start}
 
 

@@ -210,12 +210,27 @@ def test_zero_code_scores_every_test_case_and_segments_every_new_scan(own_datase
     )  # 06 went through the same code path
 
 
+def mixed_size_dicom(folder):
+    """A DICOM series whose middle slice has another size (numpy's stack once ended the batch)."""
+    import pydicom
+
+    from helpers.io import write_dicom_series
+
+    files = sorted(write_dicom_series(folder, np.zeros((5, 40, 40), np.float32), np.eye(4)))
+    ds = pydicom.dcmread(files[2])
+    ds.Rows = 30
+    ds.PixelData = np.zeros((30, 40), np.int16).tobytes()
+    ds.save_as(files[2], enforce_file_format=True)
+    return folder
+
+
 @pytest.mark.notebooks
 def test_predict_reports_a_corrupt_scan_and_still_segments_the_good_one(own_dataset, tmp_path):
     run_dir = next((own_dataset["out"] / "runs").glob("SandstoneCores-quick-*"))
     good = own_dataset["root"] / "imagesTs" / "core90_0000.nii.gz"
     bad = tmp_path / "broken_0000.nii.gz"
     bad.write_bytes(good.read_bytes()[:500])
+    mixed = mixed_size_dicom(tmp_path / "mixed")
     done = subprocess.run(
         [
             sys.executable,
@@ -223,6 +238,7 @@ def test_predict_reports_a_corrupt_scan_and_still_segments_the_good_one(own_data
             "helpers.predict",
             str(run_dir),
             str(bad),
+            str(mixed),
             str(good),
             "-o",
             str(tmp_path / "o"),
@@ -233,8 +249,33 @@ def test_predict_reports_a_corrupt_scan_and_still_segments_the_good_one(own_data
     )
     assert done.returncode == 1
     assert str(bad) in done.stderr and "corrupt" in done.stderr
+    assert str(mixed) in done.stderr and "mixes image sizes" in done.stderr
     assert (tmp_path / "o" / "core90_seg.nii.gz").exists()
-    assert "1 of 2 scans segmented" in done.stdout
+    assert "1 of 3 scans segmented" in done.stdout
+
+
+@pytest.mark.notebooks
+def test_predict_refuses_colliding_outputs_and_unknown_classes_before_running(own_dataset, tmp_path):
+    run_dir = next((own_dataset["out"] / "runs").glob("SandstoneCores-quick-*"))
+    good = own_dataset["root"] / "imagesTs" / "core90_0000.nii.gz"
+    (tmp_path / "a").mkdir()
+    twin = tmp_path / "a" / "core90.npz"
+    twin.write_bytes(b"never read")
+    args = [sys.executable, "-m", "helpers.predict", str(run_dir)]
+    clash = subprocess.run(
+        [*args, str(good), str(twin), "-o", str(tmp_path / "o")], capture_output=True, text=True, timeout=300
+    )
+    assert clash.returncode == 2 and "overwrite each other" in clash.stderr
+    assert str(good) in clash.stderr and str(twin) in clash.stderr
+    assert not (tmp_path / "o").exists()
+    classes = subprocess.run(
+        [*args, str(good), "-o", str(tmp_path / "o"), "--keep-largest", "9"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert classes.returncode == 2 and "--keep-largest names class(es) [9]" in classes.stderr
+    assert not list((tmp_path / "o").glob("*"))
 
 
 @pytest.mark.notebooks
