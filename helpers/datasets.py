@@ -161,6 +161,24 @@ def _nilearn_data_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
 
 
+def zoom_with_affine(
+    array: np.ndarray, affine: np.ndarray, zoom: float, order: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """``array`` (Z, Y, X) resampled by ``zoom`` and the affine of the result.
+
+    Voxels are treated as cells (``scipy.ndimage.zoom`` with ``grid_mode=True``): the
+    zoomed grid covers the same extent as the original, so the affine's voxel size is
+    scaled by ``in / out`` per axis and its origin moved to the first new voxel's centre.
+    ``order`` 0 (nearest) suits label maps, 1 (linear) images.
+    """
+    out = ndi.zoom(array, zoom, order=order, grid_mode=True, mode="nearest")
+    scale = np.array(array.shape, float)[::-1] / np.array(out.shape, float)[::-1]  # (x, y, z)
+    new = np.asarray(affine, np.float64).copy()
+    new[:3, 3] = affine[:3, 3] + affine[:3, :3] @ (0.5 * scale - 0.5)
+    new[:3, :3] = affine[:3, :3] * scale
+    return out, new
+
+
 def load_brain_mri(zoom: float = 1.0) -> tuple[Volume, np.ndarray]:
     """The MNI152 2009a T1 template and a 3-class tissue map, from files inside nilearn.
 
@@ -194,9 +212,8 @@ def load_brain_mri(zoom: float = 1.0) -> tuple[Volume, np.ndarray]:
     if zoom != 1.0:
         if not 0 < zoom <= 4:
             raise ValueError(f"zoom must be in (0, 4], got {zoom}")
-        image = ndi.zoom(image, zoom, order=1)
-        labels = ndi.zoom(labels, zoom, order=0)
-        affine[:3, :3] /= zoom
+        image, affine = zoom_with_affine(image, t1.affine, zoom, order=1)
+        labels, _ = zoom_with_affine(labels, t1.affine, zoom, order=0)
     return Volume(image, affine, "nifti", path=str(root), meta={"name": "MNI152 2009a T1"}), labels
 
 

@@ -43,6 +43,11 @@ def _counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
     """Whole counts for each part, each at least 1, summing to ``n``."""
     val = max(1, int(round(n * fractions[1])))
     test = max(1, int(round(n * fractions[2])))
+    while n - val - test < 1 and max(val, test) > 1:  # rounding up both left training nothing
+        if val >= test:
+            val -= 1
+        else:
+            test -= 1
     return n - val - test, val, test
 
 

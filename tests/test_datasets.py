@@ -98,3 +98,30 @@ def test_patches_never_straddle_the_split():
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="dataset"):
         load_dataset("lung")
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 7])
+@pytest.mark.parametrize("fractions", [(0.2, 0.4, 0.4), (0.1, 0.45, 0.45), (0.6, 0.2, 0.2)])
+def test_split_by_case_never_leaves_a_part_empty(n, fractions):
+    from helpers.splits import split_cases
+
+    split = split_cases([f"c{i}" for i in range(n)], seed=0, fractions=fractions)
+    assert all(split[p] for p in ("train", "val", "test")), split
+    assert sorted(sum(split.values(), [])) == sorted(f"c{i}" for i in range(n))
+
+
+@pytest.mark.parametrize("zoom", [0.5, 0.37, 1.6])
+def test_zoomed_brain_affine_places_every_voxel_where_zoom_sampled_it(zoom):
+    from helpers.datasets import zoom_with_affine
+
+    affine = np.array([[-1.0, 0, 0, 98], [0, 1.0, 0, -134], [0, 0, 1.0, -72], [0, 0, 0, 1]])
+    shape = (40, 46, 38)
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
+    world = np.einsum("ij,j...->i...", affine[:3], np.stack([x, y, z, np.ones_like(x)]))
+    ramp = (world[0] + 2 * world[1] - 3 * world[2]).astype(np.float32)  # linear in world mm
+    out, new = zoom_with_affine(ramp, affine, zoom, order=1)
+    k = np.argwhere(np.ones(out.shape, bool))[:, ::-1]  # (x, y, z) of every new voxel
+    pos = new[:3, :3] @ k.T + new[:3, 3:4]
+    expected = (pos[0] + 2 * pos[1] - 3 * pos[2]).reshape(out.shape)
+    inner = tuple(slice(2, -2) for _ in range(3))  # away from the clamped border
+    assert np.abs(out[inner] - expected[inner]).max() < 1e-3
