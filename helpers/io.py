@@ -56,8 +56,8 @@ class Volume:
     ----------
     array : ndarray, (Z, Y, X) or (Z, Y, X, C)
     affine : ndarray, (4, 4) float64
-        Maps (x, y, z, 1) voxel indices to world RAS+ coordinates in mm
-        (TIFF: in the file's unit, often micrometres).
+        Maps (x, y, z, 1) voxel indices to world RAS+ coordinates in mm (TIFF: its
+        resolution converted to mm from the file's unit, see :func:`load_volume`).
     source_format : str
         "nifti", "numpy", "dicom" or "tiff".
     path : str or None
@@ -360,22 +360,57 @@ def _load_numpy(path: Path) -> Volume:
 _TIFF_AXES = {"Z": "Z", "Q": "Z", "I": "Z", "T": "Z", "Y": "Y", "X": "X", "C": "C", "S": "C"}
 
 
+#: Millimetres per unit, for ImageJ's ``unit`` and TIFF's ResolutionUnit names.
+_MM_PER_UNIT = {
+    "mm": 1.0, "millimeter": 1.0, "millimetre": 1.0,
+    "cm": 10.0, "centimeter": 10.0, "centimetre": 10.0,
+    "m": 1000.0, "meter": 1000.0, "metre": 1000.0,
+    "um": 1e-3, "µm": 1e-3, "μm": 1e-3, "micron": 1e-3, "microns": 1e-3, "micrometer": 1e-3,
+    "micrometre": 1e-3, "\\u00b5m": 1e-3,
+    "nm": 1e-6, "nanometer": 1e-6, "nanometre": 1e-6,
+    "inch": 25.4, "in": 25.4,
+}  # fmt: skip
+#: TIFF's ResolutionUnit tag: 1 none, 2 inch (the default when absent), 3 centimetre.
+_TIFF_RESOLUTION_UNITS = {1: None, 2: "inch", 3: "cm"}
+
+
 def _tiff_affine(tif: Any, path: Path) -> np.ndarray:
-    """A TIFF's affine: stored by :func:`save_volume`, else from its resolution tags and ImageJ spacing."""
+    """A TIFF's affine in mm: stored by :func:`save_volume`, else from its resolution tags.
+
+    XResolution and YResolution are pixels per unit: ImageJ's ``unit`` where ImageJ
+    wrote one (with its ``spacing`` between slices), else the ResolutionUnit tag (inch
+    when absent, as the TIFF standard says, or centimetre). A file with resolution but
+    no physical unit, or a unit this reader does not know, loads with its numbers taken
+    as millimetres and a warning that names the file and that assumption.
+    """
     shaped = tif.shaped_metadata[0] if tif.shaped_metadata else {}
     if "affine" in shaped:
         return check_affine(shaped["affine"], path)
     imagej = tif.imagej_metadata or {}
-    page = tif.pages.first
+    tags = tif.pages.first.tags
+    xres, yres = tags.get("XResolution"), tags.get("YResolution")
+    if xres is None and yres is None and "spacing" not in imagej:
+        return np.eye(4)  # no geometry at all: voxel units, nothing to warn about
 
-    def res(tag: Any) -> float:
-        if tag is None:
-            return 1.0
-        num, den = tag.value
+    def size(tag: Any) -> float:
+        num, den = tag.value if tag is not None else (1, 1)
         return den / num if num else 1.0
 
-    dz = float(imagej.get("spacing", 1.0))
-    return spacing_affine((dz, res(page.tags.get("YResolution")), res(page.tags.get("XResolution"))))
+    if "unit" in imagej:
+        unit = str(imagej["unit"]).strip()
+    else:
+        code = tags.get("ResolutionUnit")
+        unit = _TIFF_RESOLUTION_UNITS.get(int(code.value) if code is not None else 2, "?")
+    scale = _MM_PER_UNIT.get(unit.lower()) if unit else None
+    if scale is None:
+        warnings.warn(
+            f"{path}: {'no physical unit' if not unit else f'unknown resolution unit {unit!r}'}; "
+            "its voxel sizes are taken as millimetres",
+            stacklevel=4,
+        )
+        scale = 1.0
+    spacing = (float(imagej.get("spacing", 1.0)), size(yres), size(xres))
+    return spacing_affine([s * scale for s in spacing])
 
 
 def _load_tiff(path: Path) -> Volume:
@@ -515,7 +550,44 @@ def _load_dicom(files: list[Path], series_uid: str | None, where: Any) -> Volume
     lps[:3, 2] = (positions[-1] - positions[0]) / (len(positions) - 1)
     lps[:3, 3] = positions[0]
     meta = {"series_uid": str(getattr(chosen[0][1], "SeriesInstanceUID", ""))}
+    array, lps = _untilt(array, lps, normal, where)
     return Volume(array, LPS_TO_RAS @ lps, "dicom", path=str(where), meta=meta)
+
+
+def _untilt(
+    array: np.ndarray, lps: np.ndarray, normal: np.ndarray, where: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a tilted (sheared) series onto the orthogonal grid of its slices, as dcm2niix does.
+
+    With a gantry tilt each slice is offset in its own plane from the one before, so
+    the voxel grid is sheared: no NIfTI qform can hold it, and viewers that read the
+    qform (ITK, 3D Slicer, ITK-SNAP) would place the scan, and every segmentation
+    saved with its affine, in the wrong spot. Each slice is shifted back in plane by
+    linear interpolation (zero outside the field of view) and the affine's slice axis
+    set along the slice normal; a warning says so. An untilted series is returned as is.
+    """
+    step = lps[:3, 2]
+    normal = normal / np.linalg.norm(normal)
+    drift = step - (step @ normal) * normal  # in-plane offset from one slice to the next, mm
+    pixel = np.linalg.norm(lps[:3, :2], axis=0)  # (column, row) spacing
+    offsets = drift @ (lps[:3, :2] / pixel**2)  # per slice, in (x, y) voxels
+    if np.abs(offsets * (len(array) - 1)).max() < 0.01:
+        return array, lps
+    from scipy import ndimage
+
+    fill = float(array.min())
+    out = np.empty(array.shape, np.float32)
+    for k, plane in enumerate(array):
+        ndimage.shift(plane.astype(np.float32), (k * offsets[1], k * offsets[0]), out[k], order=1, cval=fill)
+    tilt = np.degrees(np.arccos(min(1.0, abs(step @ normal) / np.linalg.norm(step))))
+    warnings.warn(
+        f"{where}: slices are tilted by {tilt:.2f} degrees (gantry tilt); resampled onto an orthogonal "
+        "grid, as dcm2niix does",
+        stacklevel=4,
+    )
+    lps = lps.copy()
+    lps[:3, 2] = (step @ normal) * normal
+    return out, lps
 
 
 def _check_slice_shapes(slices: Sequence[np.ndarray], files: Sequence[Path]) -> None:
@@ -723,7 +795,11 @@ def _save_nifti(tmp: Path, array: np.ndarray, affine: np.ndarray, like: Volume |
     data = np.swapaxes(array, 0, 2)
     img = nib.Nifti1Image(data, affine)
     meta = like.meta if like is not None else {}
-    img.set_qform(affine, code=int(meta.get("qform_code") or 1))
+    columns = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    if np.abs(columns.T @ columns - np.eye(3)).max() < 1e-4:
+        img.set_qform(affine, code=int(meta.get("qform_code") or 1))
+    else:  # a quaternion holds no shear: an approximate qform would disagree with the sform
+        img.set_qform(None, code=0)
     img.set_sform(affine, code=int(meta.get("sform_code") or 1))
     img.header.set_xyzt_units("mm")
     nib.save(img, str(tmp))
@@ -738,7 +814,8 @@ def _save_tiff(tmp: Path, array: np.ndarray, affine: np.ndarray) -> None:
         array,
         photometric="minisblack",
         planarconfig="contig" if array.ndim == 4 else None,
-        resolution=(1.0 / dx, 1.0 / dy),
+        resolution=(10.0 / dx, 10.0 / dy),  # pixels per centimetre, for readers that ignore the affine
+        resolutionunit="CENTIMETER",
         metadata={"axes": "ZYXC"[: array.ndim], "affine": affine.tolist()},
     )
 

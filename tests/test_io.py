@@ -100,7 +100,7 @@ def test_tiff_spacing_from_imagej_metadata(tmp_path, rng):
     )
     back = load_volume(tmp_path / "ij.tif")
     assert np.array_equal(back.array, v)
-    assert np.allclose(back.spacing, (0.5, 0.25, 0.25))
+    assert np.allclose(back.spacing, (0.5e-3, 0.25e-3, 0.25e-3))  # micrometres, in mm
 
 
 def test_tiff_without_metadata_has_unit_spacing(tmp_path, rng):
@@ -109,6 +109,46 @@ def test_tiff_without_metadata_has_unit_spacing(tmp_path, rng):
     v = rng.integers(0, 255, (4, 8, 10)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "plain.tif", v, metadata=None, photometric="minisblack")
     assert load_volume(tmp_path / "plain.tif").spacing == (1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("resolution", "unit", "imagej_unit", "spacing", "warns"),
+    [
+        (72.0, "INCH", None, 25.4 / 72, False),  # once read as 0.0139 mm
+        (40.0, "CENTIMETER", None, 0.25, False),  # once read as 0.025
+        (2.0, "NONE", None, 0.5, True),
+        (4.0, None, "furlong", 0.25, True),
+        (4.0, None, "mm", 0.25, False),
+    ],
+)
+def test_tiff_spacing_honours_the_resolution_unit(tmp_path, resolution, unit, imagej_unit, spacing, warns):
+    import tifffile
+
+    path = tmp_path / "stack.tif"
+    v = np.zeros((4, 8, 10), np.uint8)
+    if imagej_unit:
+        meta = {"unit": imagej_unit, "axes": "ZYX", "spacing": 2.0}
+        tifffile.imwrite(path, v, imagej=True, resolution=(resolution, resolution), metadata=meta)
+    else:
+        tifffile.imwrite(
+            path, v, photometric="minisblack", resolution=(resolution, resolution), resolutionunit=unit
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vol = load_volume(path)
+    assert np.allclose(vol.spacing[1:], (spacing, spacing)), vol.spacing
+    messages = [str(w.message) for w in caught]
+    assert any(str(path) in m and "taken as millimetres" in m for m in messages) == warns, messages
+
+
+def test_a_saved_tiff_tells_other_readers_its_size_in_centimetres(tmp_path):
+    import tifffile
+
+    save_volume(tmp_path / "s.tif", np.zeros((3, 4, 5), np.uint8), affine=np.diag([0.5, 0.25, 2.0, 1.0]))
+    with tifffile.TiffFile(tmp_path / "s.tif") as tif:
+        tags = tif.pages.first.tags
+        assert tags["ResolutionUnit"].value == 3 and tags["XResolution"].value == (20, 1)
+    assert np.allclose(load_volume(tmp_path / "s.tif").spacing, (2.0, 0.25, 0.5))
 
 
 def world(affine, z, y, x):
@@ -465,3 +505,34 @@ def test_a_dead_writers_partial_file_goes_with_the_next_write_or_read_in_its_fol
     dead.write_bytes(b"half a file")
     load_volume(scan)  # a read beside it
     assert not dead.exists() and live.exists()
+
+
+def test_a_tilted_dicom_series_is_resampled_orthogonal_and_saved_with_agreeing_qform_and_sform(tmp_path):
+    tilt = np.deg2rad(20)  # gantry tilt: each 2.5 mm slice moves 0.91 mm along y (posterior in LPS)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    affine[1, 2] = 2.5 * np.tan(tilt)
+    array = np.zeros((8, 24, 20), np.float32)
+    array[5, 10, 7] = 1000.0  # a bright point: where is it in the world?
+    point = (affine @ [7, 10, 5, 1])[:3]
+    files = write_dicom_series(tmp_path / "tilted", array, affine)
+    with pytest.warns(UserWarning, match=r"tilted by 20\.00 degrees.*dcm2niix"):
+        vol = load_volume(files[0].parent)
+    columns = vol.affine[:3, :3] / np.linalg.norm(vol.affine[:3, :3], axis=0)
+    assert np.allclose(columns.T @ columns, np.eye(3), atol=1e-6)  # an orthogonal grid
+    ijk = np.argwhere(vol.array > 0)  # (z, y, x) of the resampled point's spread
+    weights = vol.array[vol.array > 0]
+    centre = (weights[:, None] * ijk[:, ::-1]).sum(0) / weights.sum()
+    assert np.allclose((vol.affine @ [*centre, 1])[:3], point, atol=0.05)  # the point stayed put
+    seg = save_volume(tmp_path / "seg.nii.gz", (vol.array > 0).astype(np.uint8), like=vol)
+    img = nib.load(seg)
+    corner = np.array([*np.array(img.shape) - 1, 1.0])
+    assert img.header["qform_code"] > 0 and img.header["sform_code"] > 0
+    assert np.allclose(img.get_qform() @ corner, img.get_sform() @ corner, atol=1e-3)
+
+
+def test_a_sheared_affine_is_never_written_with_a_qform_that_disagrees(tmp_path):
+    sheared = np.diag([1.0, 1.0, 2.0, 1.0])
+    sheared[0, 2] = 0.7
+    img = nib.load(save_volume(tmp_path / "s.nii.gz", np.zeros((6, 5, 4), np.uint8), affine=sheared))
+    assert img.header["qform_code"] == 0 and img.header["sform_code"] == 1
+    assert np.allclose(img.get_sform(), sheared) and np.allclose(img.affine, sheared)
