@@ -46,7 +46,7 @@ def score_test(
     applies: on the embedded volumes, whose classes are ordered by intensity.
     """
     from helpers.inference import predict_volume
-    from helpers.metrics import case_scores, mean_over_cases
+    from helpers.metrics import case_scores, count_missed, mean_over_cases
 
     patch = tuple(model.input_shape[1:4])
     per_case, per_case_base, shapes = {}, {}, {}
@@ -75,6 +75,7 @@ def score_test(
         if not scores:
             continue
         summary = {m: mean_over_cases(scores, m) for m in ("iou", "dice", "hd95")}
+        summary["missed"] = count_missed(scores)
         summary["mean_iou"] = float(np.nanmean([s["mean_iou"] for s in scores.values()]))
         summary["mean_dice"] = float(np.nanmean([s["mean_dice"] for s in scores.values()]))
         result[label] = {"per_case": scores, **summary}

@@ -141,26 +141,37 @@ def scores_table(
 
 
 def hd95(truth: np.ndarray, pred: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
-    """95th-percentile symmetric Hausdorff distance between two boolean masks, in mm.
+    """95th-percentile Hausdorff distance between two boolean masks, in mm, as MONAI defines it.
 
-    Distances are taken between the surface voxels of each mask and the nearest
-    surface voxel of the other, with the voxel ``spacing`` (Z, Y, X) in mm, and the
-    95th percentile of both directions pooled (as nnU-Net and MONAI do). When either
-    mask is empty the distance is undefined: NaN, left out of means.
+    The surface voxels of each mask (those with a face-neighbour outside it) are
+    measured to the nearest surface voxel of the other, with the voxel ``spacing``
+    (Z, Y, X) in mm; the 95th percentile is taken in each direction, and the larger of
+    the two returned (MONAI's ``compute_hausdorff_distance(..., percentile=95)``;
+    nnU-Net reports no HD95). Both masks empty: NaN (the class is absent, n/a). One
+    empty: ``inf``, a structure missed entirely or predicted where there is none.
+
+    Example
+    -------
+    >>> a = np.zeros((1, 1, 12), bool); a[0, 0, :2] = True
+    >>> b = a.copy(); b[0, 0, 10] = True  # one stray voxel, 9 mm from a
+    >>> round(hd95(a, b), 2)  # b to a: 95th percentile of (0, 0, 9); pooled with a to b's (0, 0): 7.2
+    8.1
     """
     from scipy import ndimage as ndi
 
     truth, pred = np.asarray(truth, bool), np.asarray(pred, bool)
     if truth.shape != pred.shape:
         raise ValueError(f"truth shape {truth.shape} differs from prediction shape {pred.shape}")
-    if not truth.any() or not pred.any():
+    if not truth.any() and not pred.any():
         return float("nan")
+    if not truth.any() or not pred.any():
+        return float("inf")
     structure = ndi.generate_binary_structure(truth.ndim, 1)
     surface_t = truth & ~ndi.binary_erosion(truth, structure, border_value=0)
     surface_p = pred & ~ndi.binary_erosion(pred, structure, border_value=0)
     to_t = ndi.distance_transform_edt(~surface_t, sampling=spacing)
     to_p = ndi.distance_transform_edt(~surface_p, sampling=spacing)
-    return float(np.percentile(np.concatenate([to_t[surface_p], to_p[surface_t]]), 95))
+    return float(max(np.percentile(to_t[surface_p], 95), np.percentile(to_p[surface_t], 95)))
 
 
 def case_scores(
@@ -169,14 +180,29 @@ def case_scores(
     """Per-class IoU, Dice and HD95 (mm) of one case, as :func:`evaluate` plus ``hd95``.
 
     HD95 is computed for every class (the sandstone's class 0, pore, is a phase like
-    the others); NaN (JSON null) where the class is absent from truth or prediction.
+    the others). It is JSON null where the class is absent from both, and also where
+    the prediction or the truth lacks it: such a class is listed in ``missed`` (in the
+    truth, not predicted: Dice 0) or ``spurious`` (predicted, not in the truth), so
+    that it is counted rather than silently dropped from ``mean_hd95``.
     """
     scores = evaluate(truth, pred, class_names)
     distances = [hd95(truth == c, pred == c, spacing) for c in range(len(class_names))]
-    scores["hd95"] = [None if d is None or np.isnan(d) else float(d) for d in distances]
+    scores["hd95"] = [float(d) if np.isfinite(d) else None for d in distances]
+    present = [bool(np.any(truth == c)) for c in range(len(class_names))]
+    scores["missed"] = [
+        n for n, d, t in zip(class_names, distances, present, strict=True) if np.isinf(d) and t
+    ]
+    scores["spurious"] = [
+        n for n, d, t in zip(class_names, distances, present, strict=True) if np.isinf(d) and not t
+    ]
     valid = [d for d in scores["hd95"] if d is not None]
     scores["mean_hd95"] = float(np.mean(valid)) if valid else None
     return scores
+
+
+def count_missed(per_case: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """{case: classes missed entirely} for the cases of ``per_case`` (:func:`case_scores`) that missed any."""
+    return {case: s["missed"] for case, s in per_case.items() if s.get("missed")}
 
 
 def mean_over_cases(per_case: dict[str, dict[str, Any]], metric: str) -> list[float | None]:

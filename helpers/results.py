@@ -92,6 +92,8 @@ def write_summary(out: Path, profile: str, timings: Sequence[tuple[str, str, flo
                 lines += [f"({ev.get('baseline_note')})", ""]
             lines += [
                 "Means are over test cases; a class absent from a case is left out of that case (n/a).",
+                "HD95 is MONAI's: the larger of the two directed 95th percentiles of surface distances.",
+                _missed_line(unet.get("missed") or {}),
                 "",
             ]
         tr = data.get("training")
@@ -115,3 +117,12 @@ def write_summary(out: Path, profile: str, timings: Sequence[tuple[str, str, flo
     lines += [f"| {n} | {d} | {s:.1f} |" for n, d, s in timings]
     out.mkdir(parents=True, exist_ok=True)
     return write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
+
+
+def _missed_line(missed: dict[str, list[str]]) -> str:
+    """One sentence counting the structures of the truth that the U-Net did not predict at all."""
+    if not missed:
+        return "U-Net missed no structure present in the truth entirely."
+    listing = "; ".join(f"{case}: {', '.join(names)}" for case, names in missed.items())
+    total = sum(map(len, missed.values()))
+    return f"U-Net missed {total} structure(s) present in the truth entirely (Dice 0, no HD95): {listing}."

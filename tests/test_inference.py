@@ -218,7 +218,8 @@ def test_docstring_examples_hold():
 
     import helpers.evaluation
     import helpers.inference
+    import helpers.metrics
     import helpers.postprocessing
 
-    for module in (helpers.inference, helpers.postprocessing, helpers.evaluation):
+    for module in (helpers.inference, helpers.postprocessing, helpers.evaluation, helpers.metrics):
         assert doctest.testmod(module).failed == 0, module.__name__

@@ -76,17 +76,33 @@ def test_hd95_is_in_millimetres_and_nan_for_an_empty_mask():
     a[0, 2, 2], b[4, 2, 2] = True, True  # one voxel each, 4 slices apart
     assert hd95(a, b, spacing=(2.0, 1.0, 1.0)) == pytest.approx(8.0)
     assert hd95(a, a, spacing=(2.0, 1.0, 1.0)) == 0.0
-    assert np.isnan(hd95(a, np.zeros_like(a)))
+    assert np.isinf(hd95(a, np.zeros_like(a)))  # a structure missed entirely
+    assert np.isnan(hd95(np.zeros_like(a), np.zeros_like(a)))  # absent from both: n/a
+
+
+def test_hd95_is_monais_larger_directed_percentile_not_the_pooled_one():
+    from helpers.metrics import hd95
+
+    truth = np.zeros((1, 1, 30), bool)
+    truth[0, 0, :20] = True  # a line one voxel thick: every voxel is surface
+    pred = truth.copy()
+    pred[0, 0, [25, 26]] = True  # two stray voxels, 6 and 7 mm from the truth
+    # pred to truth: (0 x 20, 6, 7), the 95th percentile sits at 19.95 of 21 steps: 0.95 * 6 = 5.7;
+    # truth to pred: all 0. MONAI takes the larger, 5.7; pooling the 42 distances would give 0.
+    assert hd95(truth, pred) == pytest.approx(5.7)
+    assert hd95(pred, truth) == pytest.approx(5.7)
 
 
 def test_case_scores_and_means_over_cases_leave_absent_classes_out():
-    from helpers.metrics import case_scores, mean_over_cases
+    from helpers.metrics import case_scores, count_missed, mean_over_cases
 
     truth = np.zeros((4, 4, 4), np.uint8)
     truth[:2] = 1
     one = case_scores(truth, truth, ("bg", "fg", "rare"), (1, 1, 1))
     assert one["iou"] == [1.0, 1.0, None] and one["hd95"] == [0.0, 0.0, None]
     other = case_scores(truth, np.zeros_like(truth), ("bg", "fg", "rare"), (1, 1, 1))
-    assert other["iou"][1] == 0.0 and other["hd95"][1] is None
+    assert other["iou"][1] == 0.0 and other["dice"][1] == 0.0 and other["hd95"][1] is None
+    assert other["missed"] == ["fg"] and other["spurious"] == [] and one["missed"] == []
+    assert count_missed({"a": one, "b": other}) == {"b": ["fg"]}  # counted, not silently dropped
     means = mean_over_cases({"a": one, "b": other}, "iou")
     assert means[1] == 0.5 and means[2] is None

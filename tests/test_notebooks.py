@@ -123,6 +123,7 @@ def test_summary_reports_test_scores_and_says_which_part_is_which(course_run):
     sand = json.loads((out / "metrics" / "sandstone.json").read_text())["evaluation"]
     assert sand["part"] == "test" and "sandstone" in sand["cases"]
     assert len(sand["unet"]["hd95"]) == 4 and any(v is not None for v in sand["unet"]["hd95"])
+    assert "HD95 is MONAI's" in summary and "missed" in summary and "missed" in sand["unet"]
 
 
 @pytest.mark.notebooks
