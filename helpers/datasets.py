@@ -341,11 +341,19 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _modality(spec: dict[str, Any], path: Path) -> str:
-    raw = spec.get("modality", spec.get("channel_names"))
-    if isinstance(raw, dict):  # nnU-Net / Decathlon: {"0": "CT"}
+    """The normalisation scheme's modality: "CT", "MR" or "other".
+
+    The course's own ``modality`` string must name one of :data:`MODALITIES`. The public
+    forms, MSD's ``modality`` and nnU-Net v2's ``channel_names`` ({"0": "CT"}), are free
+    text read as nnU-Net reads it: "CT" selects the CT scheme, anything else ("MRI",
+    "T2", "noNorm"...) a per-case z-score.
+    """
+    raw = spec.get("channel_names", spec.get("modality"))
+    if isinstance(raw, dict):
         if len(raw) != 1:
-            raise DatasetError(path, f"has {len(raw)} channels {raw}; one image channel is supported")
-        raw = next(iter(raw.values()))
+            raise DatasetError(path, f"has {len(raw)} channels {raw}; one image channel is supported for now")
+        text = str(next(iter(raw.values()))).strip()
+        return "CT" if text.upper() == "CT" else "MR" if text.upper() in ("MR", "MRI") else "other"
     if raw is None:
         raise DatasetError(path, 'lacks the key \'modality\' ("CT", "MR" or "other")')
     for m in MODALITIES:
@@ -359,6 +367,14 @@ def _labels(spec: dict[str, Any], path: Path) -> tuple[tuple[str, ...], list[lis
     raw = spec.get("labels")
     if not isinstance(raw, dict) or not raw:
         raise DatasetError(path, "lacks 'labels', a mapping of class name to label id (or list of ids)")
+    regions = [k for k, v in raw.items() if isinstance(v, list)] if "channel_names" in spec else []
+    if regions:
+        raise DatasetError(
+            path,
+            f"labels {regions} are nnU-Net regions (lists of ids that overlap, BraTS-style), which this "
+            "course does not train; give each class one id, or use the course's own dataset.json form, "
+            "where a list merges ids into one class",
+        )
     if all(str(k).isdigit() for k in raw) and all(isinstance(v, str) for v in raw.values()):
         raw = {v: int(k) for k, v in raw.items()}  # Decathlon style: {"0": "background", ...}
     names, ids = [], []
@@ -384,34 +400,93 @@ def _labels(spec: dict[str, Any], path: Path) -> tuple[tuple[str, ...], list[lis
 
 def case_name(path: Path) -> str:
     """Case name of an image or label file or DICOM folder: its name less suffixes and ``_0000``."""
-    name = path.name
-    for suffix in VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+    name = _stem(path)
     return name[: -len(CHANNEL_SUFFIX)] if name.endswith(CHANNEL_SUFFIX) else name
 
 
-def _entries(folder: Path) -> dict[str, Path]:
-    """Volume files and DICOM folders in ``folder`` by case name."""
+def single_channel(volume: Volume) -> Volume:
+    """``volume`` with a trailing channel axis of length 1 dropped, as MSD's 4-D files may have.
+
+    Raises
+    ------
+    VolumeError
+        The volume has several channels: one image channel is supported for now.
+    """
+    if volume.array.ndim == 4:
+        if volume.array.shape[3] != 1:
+            raise VolumeError(
+                volume.path, f"has {volume.array.shape[3]} channels; one image channel is supported for now"
+            )
+        volume.array = volume.array[..., 0]
+    return volume
+
+
+def _stem(path: Path) -> str:
+    """A file's name less its volume suffix (``.nii.gz``, ``.npz``...); a folder's name."""
+    name = path.name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+#: An nnU-Net image name: the case id, then ``_`` and a four-digit channel index.
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def _volumes(folder: Path) -> list[Path]:
+    """Volume files and DICOM folders in ``folder``, without hidden files (macOS ``._`` copies)."""
+    return [
+        p
+        for p in sorted(folder.iterdir())
+        if not p.name.startswith(".") and (p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES))
+    ]
+
+
+def _entries(folder: Path, cases: set[str] | None = None, images: bool = True) -> dict[str, Path]:
+    """Volume files and DICOM folders in ``folder`` by case id.
+
+    A label file's name is its case id, whatever it ends with (``amos_0507``). An
+    image's trailing ``_NNNN`` is its channel index when stripping it gives a case of
+    ``cases`` (the label maps), or, without ``cases``, when every image of the folder
+    has one (nnU-Net's rule); otherwise it is part of the id (MSD's ``spleen_2``).
+    """
+    paths = _volumes(folder)
+    stems = {p: _stem(p) for p in paths}
+    every = all(_CHANNEL.match(s) for s in stems.values())
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
-            continue
-        if path.is_file() and not path.name.lower().endswith(VOLUME_SUFFIXES):
-            continue
-        name = path.name
-        stem = case_name(path)
-        if (
-            path.is_file()
-            and re.search(r"_\d{4}$", name.split(".")[0])
-            and not name.split(".")[0].endswith(CHANNEL_SUFFIX)
-        ):
-            raise DatasetError(path, "is a second image channel; one channel (_0000) is supported for now")
-        if stem in found:
-            raise DatasetError(path, f"names case {stem!r} twice (also {found[stem].name})")
-        found[stem] = path
+    for path, stem in stems.items():
+        match = _CHANNEL.match(stem) if images else None
+        suffixed = match is not None and (match["case"] in cases if cases is not None else every)
+        case, channel = (match["case"], int(match["channel"])) if suffixed else (stem, 0)  # type: ignore[index]
+        if channel:
+            raise DatasetError(
+                path, f"is image channel {channel} of case {case!r}; one channel (_0000) is supported for now"
+            )
+        if case in found:
+            raise DatasetError(path, f"names case {case!r} twice (also {found[case].name})")
+        found[case] = path
     return found
+
+
+def _listed(spec: dict[str, Any], key: str, root: Path, spec_path: Path) -> list[dict[str, Path]] | None:
+    """MSD's ``training`` ([{"image", "label"}]) or ``test`` ([paths]) list as paths under ``root``."""
+    items = spec.get(key)
+    if not isinstance(items, list) or not items:
+        return None
+    out = []
+    for item in items:
+        entry = item if isinstance(item, dict) else {"image": item}
+        paths = {}
+        for role, rel in entry.items():
+            if role not in ("image", "label"):
+                continue
+            path = (root / str(rel)).resolve()
+            if not path.exists():
+                raise DatasetError(spec_path, f"'{key}' lists {rel!r}, but {path} does not exist")
+            paths[role] = path
+        out.append(paths)
+    return out
 
 
 def remap_to_classes(stored: np.ndarray, label_ids: Sequence[Sequence[int]]) -> np.ndarray:
@@ -489,7 +564,13 @@ def open_dataset(
     for sub in ("imagesTr", "labelsTr"):
         if not (root / sub).is_dir():
             raise DatasetError(root / sub, "folder is missing; a dataset needs imagesTr/ and labelsTr/")
-    images, label_files = _entries(root / "imagesTr"), _entries(root / "labelsTr")
+    listed = _listed(spec, "training", root, spec_path)
+    if listed is not None and all("label" in e for e in listed):
+        label_files = {_stem(e["label"]): e["label"] for e in listed}
+        images = {_stem(e["label"]): e["image"] for e in listed}
+    else:
+        label_files = _entries(root / "labelsTr", images=False)
+        images = _entries(root / "imagesTr", set(label_files))
     for stem in sorted(set(images) - set(label_files)):
         raise DatasetError(images[stem], f"case {stem!r} has an image but no label map in labelsTr/")
     for stem in sorted(set(label_files) - set(images)):
@@ -500,10 +581,8 @@ def open_dataset(
     loaded = []
     for stem in sorted(images):
         try:
-            image = load_volume(images[stem])
+            image = single_channel(load_volume(images[stem]))
             check_image(image.array, images[stem])
-            if image.array.ndim == 4:
-                raise DatasetError(images[stem], f"has {image.array.shape[3]} channels; one is supported")
             raw = load_volume(label_files[stem])
             stored = check_labels(align_to(image, raw), None, label_files[stem])
         except VolumeError as err:
@@ -536,7 +615,10 @@ def open_dataset(
     for c in cases:
         c.image = apply_normalisation(c.image, stats)
     unlabelled = []
-    if (root / "imagesTs").is_dir():
+    tests = _listed(spec, "test", root, spec_path)
+    if tests is not None:
+        unlabelled = [str(e["image"]) for e in tests if "image" in e]
+    elif (root / "imagesTs").is_dir():
         unlabelled = [str(p) for p in _entries(root / "imagesTs").values()]
     files = [*images.values(), *label_files.values()]
     return Dataset(

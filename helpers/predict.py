@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from helpers.datasets import VOLUME_SUFFIXES, case_name
+from helpers.datasets import VOLUME_SUFFIXES, case_name, single_channel
 from helpers.geometry import to_working_grid
 from helpers.io import Volume, VolumeError, check_image, load_volume, save_volume
 from helpers.preprocessing import apply_normalisation
@@ -97,9 +97,8 @@ def segment(
     from helpers.inference import predict_volume
     from helpers.postprocessing import keep_largest_component
 
+    scan = single_channel(scan)
     check_image(scan.array, scan.path or "scan")
-    if scan.array.ndim == 4:
-        raise VolumeError(scan.path, f"has {scan.array.shape[3]} channels; the model takes one")
     work, record = to_working_grid(scan, info["target_spacing"])
     image = apply_normalisation(work.array, info["normalisation"])
     n_classes = len(info["class_names"])

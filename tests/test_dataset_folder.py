@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -222,3 +223,83 @@ def test_quick_training_on_the_multi_case_dataset_lowers_the_loss(cores, tmp_pat
     )
     assert history["epoch"] == [0, 1, 2, 3]
     assert min(history["loss"][1:]) < history["loss"][0]
+
+
+# ------------------------------------------------------- issue 19: public layouts, exactly as distributed
+
+
+def blob_case(seed, shape=(12, 14, 16)):
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.uint8)
+    labels[3:8, 4:10, 5:12] = 1
+    image = (labels * 200 + rng.normal(0, 20, shape) - 100).astype(np.int16)
+    return image, labels
+
+
+def write_nifti(path, array, spacing=(2.0, 0.8, 0.8)):
+    from helpers.io import save_volume
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_volume(path, array, affine=np.diag([*spacing[::-1], 1.0]))
+
+
+def msd_spleen(root, four_d=False):
+    """Task09_Spleen in miniature: MSD's names, dataset.json form and macOS ``._`` files."""
+    training = []
+    for k in (2, 3, 6, 8):
+        image, labels = blob_case(k)
+        write_nifti(root / "imagesTr" / f"spleen_{k}.nii.gz", image[..., None] if four_d else image)
+        write_nifti(root / "labelsTr" / f"spleen_{k}.nii.gz", labels)
+        (root / "imagesTr" / f"._spleen_{k}.nii.gz").write_bytes(b"\0\5\26\7 AppleDouble")
+        training.append({"image": f"./imagesTr/spleen_{k}.nii.gz", "label": f"./labelsTr/spleen_{k}.nii.gz"})
+    write_nifti(root / "imagesTs" / "spleen_1.nii.gz", blob_case(1)[0])
+    spec = {
+        "name": "Spleen",
+        "modality": {"0": "CT"},
+        "labels": {"0": "background", "1": "spleen"},
+        "numTraining": 4,
+        "numTest": 1,
+        "training": training,
+        "test": ["./imagesTs/spleen_1.nii.gz"],
+    }
+    (root / "dataset.json").write_text(json.dumps(spec))
+    return root
+
+
+def nnunet_amos(root, channels=1):
+    """nnU-Net v2 raw data with AMOS case ids (which end in four digits) and free-text channel names."""
+    for case in ("amos_0507", "amos_0508", "amos_0510", "amos_0514"):
+        image, labels = blob_case(int(case[-3:]))
+        for c in range(channels):
+            write_nifti(root / "imagesTr" / f"{case}_{c:04d}.nii.gz", image + 10 * c)
+        write_nifti(root / "labelsTr" / f"{case}.nii.gz", labels)
+    names = {"0": "MRI", "1": "ADC"} if channels == 2 else {"0": "MRI"}
+    spec = {"name": "AMOS", "channel_names": names, "labels": {"background": 0, "liver": 1}}
+    (root / "dataset.json").write_text(json.dumps({**spec, "numTraining": 4, "file_ending": ".nii.gz"}))
+    return root
+
+
+@pytest.mark.parametrize("four_d", [False, True])
+def test_msd_spleen_opens_as_distributed(tmp_path, four_d):
+    ds = open_dataset(msd_spleen(tmp_path / "Task09_Spleen", four_d))
+    assert sorted(c.name for c in ds.cases) == ["spleen_2", "spleen_3", "spleen_6", "spleen_8"]
+    assert ds.modality == "CT" and ds.class_names == ("background", "spleen")
+    assert [Path(p).name for p in ds.unlabelled] == ["spleen_1.nii.gz"]
+    assert all(c.image.ndim == 3 and c.labels.max() == 1 for c in ds.cases)
+
+
+def test_nnunet_v2_case_ids_ending_in_digits_and_free_text_channel_names(tmp_path):
+    ds = open_dataset(nnunet_amos(tmp_path / "Dataset218_AMOS"))
+    assert sorted(c.name for c in ds.cases) == ["amos_0507", "amos_0508", "amos_0510", "amos_0514"]
+    assert ds.modality == "MR" and ds.normalisation["scheme"] == "zscore-per-case"
+    assert ds.class_names == ("background", "liver")
+
+
+def test_public_layouts_that_are_not_supported_yet_are_refused_clearly(tmp_path):
+    expect(nnunet_amos(tmp_path / "two", channels=2), "2 channels", "one image channel")
+    root = nnunet_amos(tmp_path / "regions")
+    edit_json(root, labels={"background": 0, "whole tumour": [1, 2, 3], "core": [2, 3]})
+    expect(root, "nnU-Net regions", "'whole tumour'", "'core'")
+    spleen = msd_spleen(tmp_path / "missing")
+    (spleen / "labelsTr" / "spleen_6.nii.gz").unlink()
+    expect(spleen, "'training' lists './labelsTr/spleen_6.nii.gz'", "does not exist")
