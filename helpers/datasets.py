@@ -316,11 +316,7 @@ class Dataset:
         """(case, region) pairs of split part ``which`` ("train", "val" or "test")."""
         if which not in PARTS:
             raise ValueError(f"part must be one of {PARTS}, got {which!r}")
-        if self.split["kind"] == "slabs":
-            region = slab_index(self.split[which], self.split["axis"])
-            return [(self.cases[0], region)]
-        full = (slice(None),) * 3
-        return [(self.case(n), full) for n in self.split[which]]
+        return _parts(self.cases, self.split, which)
 
     def arrays(self, which: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Images and label maps of part ``which`` as lists of array views (no copies)."""
@@ -609,9 +605,12 @@ def open_dataset(
         )
 
     names = [c.name for c in cases]
-    split = _case_split(spec.get("split"), names, seed, fractions, spec_path)
-    train_cases = [c for c in cases if c.name in split["train"]]
-    stats = fit_normalisation([c.image for c in train_cases], [c.labels for c in train_cases], modality, seed)
+    if len(cases) < MIN_CASES_TO_SPLIT and spec.get("split") is None:
+        split = _slab_split(cases, fractions, spec_path)
+    else:
+        split = _case_split(spec.get("split"), names, seed, fractions, spec_path)
+    train = _parts(cases, split, "train")
+    stats = fit_normalisation([c.image[r] for c, r in train], [c.labels[r] for c, r in train], modality, seed)
     for c in cases:
         c.image = apply_normalisation(c.image, stats)
     unlabelled = []
@@ -634,6 +633,36 @@ def open_dataset(
         str(root),
         _fingerprint(spec, files),
     )
+
+
+#: Fewer labelled cases than this are each cut into train / validation / test slabs.
+MIN_CASES_TO_SPLIT = 3
+
+
+def _parts(cases: Sequence[Case], split: dict[str, Any], which: str) -> list[tuple[Case, tuple[slice, ...]]]:
+    """(case, region) pairs of part ``which`` of ``split``: whole cases, or a slab of every case."""
+    if split["kind"] == "slabs":
+        axis = split["axis"]
+        if "cases" in split:  # a dataset folder of one or two cases: a slab of each
+            by_name = {c.name: c for c in cases}
+            return [(by_name[n], slab_index(b[which], axis)) for n, b in split["cases"].items()]
+        return [(cases[0], slab_index(split[which], axis))]
+    by_name = {c.name: c for c in cases}
+    return [(by_name[n], (slice(None),) * 3) for n in split[which]]
+
+
+def _slab_split(cases: Sequence[Case], fractions: Sequence[float], path: Path) -> dict[str, Any]:
+    """Too few cases to split by case: cut every case into train, validation and test slabs along Z.
+
+    Each part then holds a slab of every case, disjoint from the other parts, so training,
+    checkpoint choice and the test score still use separate voxels (as for the embedded
+    volumes); the test slabs are scored on the working grid.
+    """
+    try:
+        bounds = {c.name: split_slabs(c.shape, 0, fractions) for c in cases}
+    except SplitError as err:
+        raise DatasetError(path, f"{len(cases)} case(s) are split into slabs along Z, but {err}") from None
+    return {"kind": "slabs", "axis": 0, "cases": bounds}
 
 
 def _case_split(

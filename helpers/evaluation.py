@@ -70,7 +70,8 @@ def score_test(
         if baseline and ds.name in DATASETS:
             guess = multiotsu_baseline(case.image[region], ds.n_classes)
             per_case_base[case.name] = case_scores(truth, guess, ds.class_names, spacing)
-    result: dict[str, Any] = {"part": part, "classes": list(ds.class_names), "shapes": shapes}
+    grid = "working" if ds.split["kind"] == "slabs" else "native"
+    result: dict[str, Any] = {"part": part, "classes": list(ds.class_names), "shapes": shapes, "grid": grid}
     for label, scores in (("unet", per_case), ("baseline", per_case_base)):
         if not scores:
             continue

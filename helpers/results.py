@@ -76,7 +76,7 @@ def write_summary(out: Path, profile: str, timings: Sequence[tuple[str, str, flo
             lines += [
                 f"## {dataset}: test scores" + (", U-Net against multi-Otsu" if base else ""),
                 "",
-                f"Test part: {cases} (voxels, native grid). Model `{ev.get('model')}`.",
+                f"Test part: {cases} (voxels, {_grid(ev)}). Model `{ev.get('model')}`.",
                 f"Best validation mean IoU (patches of {', '.join(ev.get('validation_cases', []))}, "
                 f"used to pick the checkpoint): {_fmt(ev.get('best_validation_mean_iou'))}.",
                 "",
@@ -126,3 +126,10 @@ def _missed_line(missed: dict[str, list[str]]) -> str:
     listing = "; ".join(f"{case}: {', '.join(names)}" for case, names in missed.items())
     total = sum(map(len, missed.values()))
     return f"U-Net missed {total} structure(s) present in the truth entirely (Dice 0, no HD95): {listing}."
+
+
+def _grid(ev: dict[str, Any]) -> str:
+    """Which grid the test part was scored on, in words."""
+    if ev.get("grid") == "working":
+        return "slabs of the working grid, at the dataset's target spacing"
+    return "each scan's native grid"

@@ -303,3 +303,22 @@ def test_public_layouts_that_are_not_supported_yet_are_refused_clearly(tmp_path)
     spleen = msd_spleen(tmp_path / "missing")
     (spleen / "labelsTr" / "spleen_6.nii.gz").unlink()
     expect(spleen, "'training' lists './labelsTr/spleen_6.nii.gz'", "does not exist")
+
+
+@pytest.mark.parametrize("n_cases", [1, 2])
+def test_one_or_two_labelled_cases_are_each_cut_into_disjoint_slabs(tmp_path, n_cases):
+    root = msd_spleen(tmp_path / "few")
+    spec = json.loads((root / "dataset.json").read_text())
+    spec["training"] = spec["training"][:n_cases]
+    (root / "dataset.json").write_text(json.dumps(spec))
+    ds = open_dataset(root)
+    assert ds.split["kind"] == "slabs" and len(ds.split["cases"]) == n_cases
+    for case in ds.cases:
+        z = np.zeros(case.shape[0], int)
+        for part in ("train", "val", "test"):
+            regions = [r for c, r in ds.part(part) if c.name == case.name]
+            assert len(regions) == 1 and case.image[regions[0]].size > 0
+            z[regions[0][0]] += 1
+        assert np.all(z == 1)  # the three slabs of a case cover it once, without overlap
+    images, labels = ds.arrays("train")
+    assert len(images) == n_cases and all(i.shape == lab.shape for i, lab in zip(images, labels, strict=True))

@@ -63,7 +63,9 @@ def test_brain_is_the_real_mni152_template():
 def test_brain_zoom_scales_geometry():
     vol, labels = load_brain_mri(zoom=0.5)
     assert vol.array.shape == labels.shape == (94, 116, 98)
-    assert np.allclose(vol.spacing, (2.0, 2.0, 2.0))
+    # grid mode: 94 voxels cover the 189 mm the 189 voxels covered, so each is 189 / 94 mm
+    assert np.allclose(vol.spacing, (189 / 94, 233 / 116, 197 / 98))
+    assert np.allclose(vol.affine @ [-0.5, -0.5, -0.5, 1], [-98.5, -134.5, -72.5, 1])  # the same outer corner
     assert load_dataset("brain", brain_zoom=0.5).class_names == BRAIN_CLASSES
 
 
