@@ -287,11 +287,13 @@ class Dataset:
     ``cases`` hold the labelled scans; ``split`` says which case (or, for a single
     volume, which slab) is train, val and test (:mod:`helpers.splits`);
     ``normalisation`` was fitted on the training part only; ``unlabelled`` lists the
-    scans of ``imagesTs/`` to segment (paths, loaded on demand).
+    scans of ``imagesTs/`` to segment (paths, loaded on demand; a scan of several
+    channels by its first file). ``channel_names`` name the image channels in order
+    (``modality`` is then one modality per channel).
     """
 
     name: str
-    modality: str
+    modality: str | list[str]
     class_names: tuple[str, ...]
     label_ids: list[list[int]]
     cases: list[Case]
@@ -301,10 +303,15 @@ class Dataset:
     unlabelled: list[str] = field(default_factory=list)
     root: str | None = None
     fingerprint: str = ""
+    channel_names: tuple[str, ...] = ("image",)
 
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channel_names)
 
     def case(self, name: str) -> Case:
         for c in self.cases:
@@ -336,25 +343,33 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _modality(spec: dict[str, Any], path: Path) -> str:
-    """The normalisation scheme's modality: "CT", "MR" or "other".
+def _channels(spec: dict[str, Any], path: Path) -> list[tuple[str, str]]:
+    """(name, modality) of each image channel, in order; modality is "CT", "MR" or "other".
 
-    The course's own ``modality`` string must name one of :data:`MODALITIES`. The public
-    forms, MSD's ``modality`` and nnU-Net v2's ``channel_names`` ({"0": "CT"}), are free
-    text read as nnU-Net reads it: "CT" selects the CT scheme, anything else ("MRI",
-    "T2", "noNorm"...) a per-case z-score.
+    The course's own ``modality`` string must name one of :data:`MODALITIES` (one
+    channel). The public forms, MSD's ``modality`` and nnU-Net v2's ``channel_names``
+    ({"0": "T2", "1": "ADC"}), are free text read as nnU-Net reads it: "CT" selects the
+    CT scheme, anything else ("MRI", "T2", "noNorm"...) a per-case z-score.
     """
     raw = spec.get("channel_names", spec.get("modality"))
-    if isinstance(raw, dict):
-        if len(raw) != 1:
-            raise DatasetError(path, f"has {len(raw)} channels {raw}; one image channel is supported for now")
-        text = str(next(iter(raw.values()))).strip()
-        return "CT" if text.upper() == "CT" else "MR" if text.upper() in ("MR", "MRI") else "other"
+    if isinstance(raw, dict) and raw:
+        try:
+            order = sorted(raw, key=int)
+        except ValueError:
+            raise DatasetError(path, f"channel keys must be 0, 1, ...; got {list(raw)}") from None
+        if [int(k) for k in order] != list(range(len(order))):
+            raise DatasetError(path, f"channel keys must be 0, 1, ... without gaps; got {list(raw)}")
+        out = []
+        for key in order:
+            text = str(raw[key]).strip()
+            modality = "CT" if text.upper() == "CT" else "MR" if text.upper() in ("MR", "MRI") else "other"
+            out.append((text, modality))
+        return out
     if raw is None:
         raise DatasetError(path, 'lacks the key \'modality\' ("CT", "MR" or "other")')
     for m in MODALITIES:
         if str(raw).lower() == m.lower():
-            return m
+            return [("image", m)]
     raise DatasetError(path, f"modality {raw!r} is unknown; use one of {MODALITIES}")
 
 
@@ -396,28 +411,30 @@ def _labels(spec: dict[str, Any], path: Path) -> tuple[tuple[str, ...], list[lis
 
 def case_name(path: Path) -> str:
     """Case name of an image or label file or DICOM folder: its name less suffixes and ``_0000``."""
-    name = _stem(path)
+    name = volume_stem(path)
     return name[: -len(CHANNEL_SUFFIX)] if name.endswith(CHANNEL_SUFFIX) else name
 
 
-def single_channel(volume: Volume) -> Volume:
-    """``volume`` with a trailing channel axis of length 1 dropped, as MSD's 4-D files may have.
+def check_channel_count(
+    volume: Volume, expected: int, who: str = "the model takes", names: Sequence[str] = ()
+) -> Volume:
+    """``volume`` if it has ``expected`` image channels (a 4-D array of one channel is made 3-D).
 
     Raises
     ------
     VolumeError
-        The volume has several channels: one image channel is supported for now.
+        Another number of channels; the message names the file and both counts.
     """
-    if volume.array.ndim == 4:
-        if volume.array.shape[3] != 1:
-            raise VolumeError(
-                volume.path, f"has {volume.array.shape[3]} channels; one image channel is supported for now"
-            )
+    if volume.array.ndim == 4 and volume.array.shape[3] == 1:
         volume.array = volume.array[..., 0]
+    found = volume.array.shape[3] if volume.array.ndim == 4 else 1
+    if found != expected:
+        listing = f" ({', '.join(names)})" if names else ""
+        raise VolumeError(volume.path, f"has {found} image channel(s), but {who} {expected}{listing}")
     return volume
 
 
-def _stem(path: Path) -> str:
+def volume_stem(path: Path) -> str:
     """A file's name less its volume suffix (``.nii.gz``, ``.npz``...); a folder's name."""
     name = path.name
     for suffix in VOLUME_SUFFIXES:
@@ -427,10 +444,10 @@ def _stem(path: Path) -> str:
 
 
 #: An nnU-Net image name: the case id, then ``_`` and a four-digit channel index.
-_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+CHANNEL_PATTERN = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
-def _volumes(folder: Path) -> list[Path]:
+def volume_files(folder: Path) -> list[Path]:
     """Volume files and DICOM folders in ``folder``, without hidden files (macOS ``._`` copies)."""
     return [
         p
@@ -439,30 +456,77 @@ def _volumes(folder: Path) -> list[Path]:
     ]
 
 
-def _entries(folder: Path, cases: set[str] | None = None, images: bool = True) -> dict[str, Path]:
-    """Volume files and DICOM folders in ``folder`` by case id.
+def _entries(folder: Path, cases: set[str] | None = None) -> dict[str, list[Path]]:
+    """Image files and DICOM folders in ``folder`` by case id, each case's channels in order.
 
-    A label file's name is its case id, whatever it ends with (``amos_0507``). An
-    image's trailing ``_NNNN`` is its channel index when stripping it gives a case of
-    ``cases`` (the label maps), or, without ``cases``, when every image of the folder
-    has one (nnU-Net's rule); otherwise it is part of the id (MSD's ``spleen_2``).
+    An image's trailing ``_NNNN`` is its channel index when stripping it gives a case
+    of ``cases`` (the label maps), or, without ``cases``, when every image of the folder
+    has one (nnU-Net's rule); otherwise it is part of the id (MSD's ``spleen_2``, one
+    file per case, several channels on a fourth axis).
     """
-    paths = _volumes(folder)
-    stems = {p: _stem(p) for p in paths}
-    every = all(_CHANNEL.match(s) for s in stems.values())
-    found: dict[str, Path] = {}
+    paths = volume_files(folder)
+    stems = {p: volume_stem(p) for p in paths}
+    every = all(CHANNEL_PATTERN.match(s) for s in stems.values())
+    found: dict[str, dict[int, Path]] = {}
     for path, stem in stems.items():
-        match = _CHANNEL.match(stem) if images else None
+        match = CHANNEL_PATTERN.match(stem)
         suffixed = match is not None and (match["case"] in cases if cases is not None else every)
         case, channel = (match["case"], int(match["channel"])) if suffixed else (stem, 0)  # type: ignore[index]
-        if channel:
+        if channel in found.setdefault(case, {}):
+            raise DatasetError(path, f"names case {case!r} twice (also {found[case][channel].name})")
+        found[case][channel] = path
+    out = {}
+    for case, channels in found.items():
+        missing = sorted(set(range(max(channels) + 1)) - set(channels))
+        if missing:
+            first = channels[min(channels)]
             raise DatasetError(
-                path, f"is image channel {channel} of case {case!r}; one channel (_0000) is supported for now"
+                first, f"case {case!r} lacks image channel(s) {[f'_{c:04d}' for c in missing]}"
             )
+        out[case] = [channels[c] for c in sorted(channels)]
+    return out
+
+
+def _label_entries(folder: Path) -> dict[str, Path]:
+    """Label maps in ``folder`` by case id: a label file's name is its case id (``amos_0507``)."""
+    found: dict[str, Path] = {}
+    for path in volume_files(folder):
+        case = volume_stem(path)
         if case in found:
             raise DatasetError(path, f"names case {case!r} twice (also {found[case].name})")
         found[case] = path
     return found
+
+
+def load_channels(paths: Sequence[str | os.PathLike[str]]) -> Volume:
+    """One scan from its channel files (``case_0000``, ``case_0001``...) or one file, as (Z, Y, X[, C]).
+
+    Every channel must lie on the first one's grid (same shape and affine).
+
+    Raises
+    ------
+    VolumeError
+        A channel on another grid, or a channel file that itself holds several channels;
+        the message names the file.
+    """
+    paths = [Path(p) for p in paths]
+    first = load_volume(paths[0])
+    if len(paths) == 1:
+        return first
+    arrays = [first.array]
+    for path in paths[1:]:
+        vol = load_volume(path)
+        if vol.array.ndim != 3 or first.array.ndim != 3:
+            raise VolumeError(path, "a channel file must hold one 3-D channel")
+        if vol.shape != first.shape or not np.allclose(vol.affine, first.affine, atol=1e-3):
+            raise VolumeError(
+                path,
+                f"lies on another grid (shape {vol.shape}) than channel 0, {paths[0].name} (shape "
+                f"{first.shape}); every channel of a case must share one grid",
+            )
+        arrays.append(vol.array)
+    first.array = np.stack(arrays, axis=-1)
+    return first
 
 
 def _listed(spec: dict[str, Any], key: str, root: Path, spec_path: Path) -> list[dict[str, Path]] | None:
@@ -548,7 +612,8 @@ def open_dataset(
     name = spec.get("name")
     if not isinstance(name, str) or not name:
         raise DatasetError(spec_path, "lacks the key 'name' (a non-empty string)")
-    modality = _modality(spec, spec_path)
+    channels = _channels(spec, spec_path)
+    modality: str | list[str] = channels[0][1] if len(channels) == 1 else [m for _, m in channels]
     class_names, label_ids = _labels(spec, spec_path)
     if target_spacing is None and spec.get("target_spacing") is not None:
         target_spacing = spec["target_spacing"]
@@ -562,13 +627,13 @@ def open_dataset(
             raise DatasetError(root / sub, "folder is missing; a dataset needs imagesTr/ and labelsTr/")
     listed = _listed(spec, "training", root, spec_path)
     if listed is not None and all("label" in e for e in listed):
-        label_files = {_stem(e["label"]): e["label"] for e in listed}
-        images = {_stem(e["label"]): e["image"] for e in listed}
+        label_files = {volume_stem(e["label"]): e["label"] for e in listed}
+        images = {volume_stem(e["label"]): [e["image"]] for e in listed}
     else:
-        label_files = _entries(root / "labelsTr", images=False)
+        label_files = _label_entries(root / "labelsTr")
         images = _entries(root / "imagesTr", set(label_files))
     for stem in sorted(set(images) - set(label_files)):
-        raise DatasetError(images[stem], f"case {stem!r} has an image but no label map in labelsTr/")
+        raise DatasetError(images[stem][0], f"case {stem!r} has an image but no label map in labelsTr/")
     for stem in sorted(set(label_files) - set(images)):
         raise DatasetError(label_files[stem], f"case {stem!r} has a label map but no image in imagesTr/")
     if not images:
@@ -577,8 +642,9 @@ def open_dataset(
     loaded = []
     for stem in sorted(images):
         try:
-            image = single_channel(load_volume(images[stem]))
-            check_image(image.array, images[stem])
+            image = load_channels(images[stem])
+            check_channel_count(image, len(channels), "dataset.json lists")
+            check_image(image.array, images[stem][0])
             raw = load_volume(label_files[stem])
             stored = check_labels(align_to(image, raw), None, label_files[stem])
         except VolumeError as err:
@@ -601,7 +667,7 @@ def open_dataset(
         labels = Volume(remap_to_classes(stored, label_ids), image.affine, image.source_format)
         work_labels, _ = to_working_grid(labels, target_spacing, labels=True, n_classes=len(class_names))
         cases.append(
-            Case(stem, work.array, work_labels.array, record, str(images[stem]), str(label_files[stem]))
+            Case(stem, work.array, work_labels.array, record, str(images[stem][0]), str(label_files[stem]))
         )
 
     names = [c.name for c in cases]
@@ -618,8 +684,8 @@ def open_dataset(
     if tests is not None:
         unlabelled = [str(e["image"]) for e in tests if "image" in e]
     elif (root / "imagesTs").is_dir():
-        unlabelled = [str(p) for p in _entries(root / "imagesTs").values()]
-    files = [*images.values(), *label_files.values()]
+        unlabelled = [str(p[0]) for p in _entries(root / "imagesTs").values()]
+    files = [*(p for paths in images.values() for p in paths), *label_files.values()]
     return Dataset(
         name,
         modality,
@@ -632,6 +698,7 @@ def open_dataset(
         unlabelled,
         str(root),
         _fingerprint(spec, files),
+        tuple(n for n, _ in channels),
     )
 
 

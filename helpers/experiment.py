@@ -94,6 +94,7 @@ def model_info(ds: Dataset, params: dict[str, Any], patch: tuple[int, int, int])
         "class_names": list(ds.class_names),
         "label_ids": ds.label_ids,
         "modality": ds.modality,
+        "channel_names": list(ds.channel_names),
         "normalisation": ds.normalisation,
         "target_spacing": list(ds.target_spacing),
         "patch_size": list(patch),
@@ -144,7 +145,7 @@ def train_from_params(
     start_run(params, ds, patch)
     precision = set_precision("auto")
     with strategy_scope():
-        model = build_unet(ds.n_classes, patch_size=patch)
+        model = build_unet(ds.n_classes, patch_size=patch, in_channels=ds.n_channels)
     batch = params["batch_size"] * replicas()
     train_data, val_data = make_samplers(ds, {**params, "batch_size": batch}, patch)
     record = {
@@ -197,21 +198,27 @@ def ensure_model(params: dict[str, Any]) -> Path:
     return run_dir
 
 
+def read_model_info(run_dir: str | Path) -> dict[str, Any]:
+    """The ``model.json`` of a trained run: dataset, classes, channels, normalisation, spacing, patch."""
+    import json
+
+    info_path = Path(run_dir) / MODEL_INFO
+    if not info_path.exists():
+        raise ModelMismatchError(f"{run_dir} has no {MODEL_INFO}: it is not a trained course model")
+    return json.loads(info_path.read_text())
+
+
 def load_trained(run_dir: str | Path, ds: Dataset | None = None) -> tuple[Any, dict[str, Any]]:
     """The model in ``run_dir`` (``safe_mode=True``) and its ``model.json``.
 
     With ``ds``, refuses (:class:`ModelMismatchError`) a model trained on a dataset
     with other class names or another fingerprint, naming both datasets.
     """
-    import json
 
     from helpers.model import load_model
 
     run_dir = Path(run_dir)
-    info_path = run_dir / MODEL_INFO
-    if not info_path.exists():
-        raise ModelMismatchError(f"{run_dir} has no {MODEL_INFO}: it is not a trained course model")
-    info = json.loads(info_path.read_text())
+    info = read_model_info(run_dir)
     if ds is not None:
         differs = [
             what

@@ -29,41 +29,54 @@ from typing import Any
 
 import numpy as np
 
-from helpers.datasets import VOLUME_SUFFIXES, case_name, single_channel
+from helpers.datasets import CHANNEL_PATTERN, check_channel_count, load_channels, volume_files, volume_stem
 from helpers.geometry import to_working_grid
-from helpers.io import Volume, VolumeError, check_image, load_volume, save_volume
+from helpers.io import Volume, VolumeError, check_image, save_volume
 from helpers.preprocessing import apply_normalisation
 
 
-def find_scans(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Expand INPUT arguments into scans: files, DICOM series folders, and folders of those.
+def find_scans(inputs: Sequence[str | os.PathLike[str]], n_channels: int = 1) -> dict[str, list[Path]]:
+    """Expand INPUT arguments into scans by case name, each a list of its channel files.
 
-    A folder holding volume files or sub-folders is a folder of scans (each sub-folder
-    a DICOM series); any other folder is one DICOM series.
+    Each input is a scan file, a DICOM series folder, or a folder of those (a folder
+    holding volume files or sub-folders; any other folder is one DICOM series). A file
+    whose name ends in ``_NNNN`` with NNNN below ``n_channels`` is that channel of case
+    ``name``: ``case_0000.nii.gz`` and ``case_0001.nii.gz``, given together or found in
+    one folder, are one scan of two channels, as nnU-Net names them. A file of several
+    channels on a fourth axis (MSD) is one scan by itself.
+
+    Raises
+    ------
+    ValueError
+        Two inputs that would share one output name (``<case>_seg.nii.gz``), or two
+        files for the same channel of a case; nothing has run yet.
     """
-    scans: list[Path] = []
+    items: list[Path] = []
     for item in inputs:
         path = Path(item)
-        children = sorted(p for p in path.iterdir() if not p.name.startswith(".")) if path.is_dir() else []
-        inner = [p for p in children if p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES)]
-        scans += inner if inner else [path]
-    return scans
-
-
-def _output_names(scans: Sequence[Path]) -> dict[Path, str]:
-    """Each scan's case name, refusing (before anything runs) two scans that would share an output."""
-    names = {path: case_name(path) for path in scans}
-    by_name: dict[str, list[str]] = {}
-    for path, name in names.items():
-        by_name.setdefault(name, []).append(str(path))
-    clashes = {name: paths for name, paths in by_name.items() if len(paths) > 1}
-    if clashes:
-        listing = "; ".join(f"{' and '.join(paths)} -> {name}_seg.nii.gz" for name, paths in clashes.items())
-        raise ValueError(
-            f"inputs would overwrite each other's output: {listing}. Rename one of them or segment them "
-            "into separate output folders"
-        )
-    return names
+        inner = volume_files(path) if path.is_dir() else []
+        items += inner if any(p.is_dir() or p.is_file() for p in inner) else [path]
+    groups: dict[str, dict[int, Path]] = {}
+    where: dict[str, Path] = {}
+    for path in items:
+        stem = volume_stem(path)
+        match = CHANNEL_PATTERN.match(stem)
+        case, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
+        if not match or channel >= n_channels:
+            case, channel = stem, 0
+        if case in where and where[case] != path.parent:
+            raise ValueError(
+                f"inputs would overwrite each other's output: {where[case] / case}* and {path} -> "
+                f"{case}_seg.nii.gz. Rename one of them or segment them into separate output folders"
+            )
+        if channel in groups.setdefault(case, {}):
+            raise ValueError(
+                f"inputs would overwrite each other's output: {groups[case][channel]} and {path} -> "
+                f"{case}_seg.nii.gz. Rename one of them or segment them into separate output folders"
+            )
+        where[case] = path.parent
+        groups[case][channel] = path
+    return {case: [channels[c] for c in sorted(channels)] for case, channels in groups.items()}
 
 
 def _check_keep_largest(classes: Sequence[int], class_names: Sequence[str]) -> None:
@@ -97,7 +110,8 @@ def segment(
     from helpers.inference import predict_volume
     from helpers.postprocessing import keep_largest_component
 
-    scan = single_channel(scan)
+    names = info.get("channel_names", ["image"])
+    scan = check_channel_count(scan, len(names), "the model takes", names)
     check_image(scan.array, scan.path or "scan")
     work, record = to_working_grid(scan, info["target_spacing"])
     image = apply_normalisation(work.array, info["normalisation"])
@@ -142,23 +156,28 @@ def predict_scans(
     """
     from tqdm.auto import tqdm
 
-    from helpers.experiment import load_trained
+    from helpers.experiment import load_trained, read_model_info
 
     start = time.perf_counter()
-    scans = find_scans(inputs)
-    names = _output_names(scans)
-    model, info = load_trained(run_dir)
+    info = read_model_info(run_dir)
+    channels = info.get("channel_names", ["image"])
+    scans = find_scans(inputs, len(channels))
     _check_keep_largest(keep_largest, info["class_names"])
+    model, info = load_trained(run_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written, failed = [], {}
-    for path in tqdm(scans, desc="predict", unit="scan", disable=not progress):
+    for name, paths in tqdm(scans.items(), desc="predict", unit="scan", disable=not progress):
+        path = paths[0] if len(paths) == 1 else paths[0].parent / f"{name}_*"
         try:
-            scan = load_volume(path)
+            if 1 < len(paths) != len(channels):
+                raise VolumeError(
+                    paths[0], f"case {name!r} has {len(paths)} channel files, the model takes {len(channels)}"
+                )
+            scan = load_channels(paths)
             labels, probs = segment(
                 model, info, scan, overlap, batch_size, probabilities, tta=tta, keep_largest=keep_largest
             )
-            name = names[path]
             written.append(save_volume(out / f"{name}_seg.nii.gz", labels, affine=scan.affine))
             if probs is not None:
                 save_volume(out / f"{name}_prob.npz", probs.astype(np.float16), affine=scan.affine)

@@ -76,7 +76,7 @@ def remap_labels(labels: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
 
 
 def fit_normalisation(
-    images: Sequence[np.ndarray], labels: Sequence[np.ndarray], modality: str, seed: int = 0
+    images: Sequence[np.ndarray], labels: Sequence[np.ndarray], modality: str | Sequence[str], seed: int = 0
 ) -> dict[str, Any]:
     """Intensity normalisation for a dataset, fitted once on its training cases.
 
@@ -87,9 +87,18 @@ def fit_normalisation(
     MR and other: intensities have no absolute scale, so each case is z-scored on
     its own (the returned dict then holds no numbers).
 
+    Several channels (images (Z, Y, X, C), ``modality`` one per channel): each channel
+    is fitted by its own modality's scheme, ``{"scheme": "per-channel", "channels": [...]}``.
+
     Returns a JSON-ready dict for :func:`apply_normalisation`, to store with the
     dataset and with each trained model so prediction uses the same numbers.
     """
+    if not isinstance(modality, str):
+        per = [
+            fit_normalisation([np.asarray(i)[..., c] for i in images], labels, m, seed)
+            for c, m in enumerate(modality)
+        ]
+        return {"scheme": "per-channel", "channels": per}
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     if modality != "CT":
@@ -118,6 +127,12 @@ def fit_normalisation(
 def apply_normalisation(image: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
     """Normalise ``image`` with :func:`fit_normalisation`'s ``stats``; float32, same shape."""
     image = np.asarray(image, dtype=np.float32)
+    if stats.get("scheme") == "per-channel":
+        channels = stats["channels"]
+        if image.ndim != 4 or image.shape[3] != len(channels):
+            found = image.shape[3] if image.ndim == 4 else 1
+            raise ValueError(f"the normalisation is for {len(channels)} channels, the image has {found}")
+        return np.stack([apply_normalisation(image[..., c], s) for c, s in enumerate(channels)], axis=-1)
     if stats.get("scheme") == "ct-clip-zscore":
         lo, hi = stats["clip"]
         return (np.clip(image, lo, hi) - np.float32(stats["mean"])) / np.float32(stats["std"])

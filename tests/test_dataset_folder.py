@@ -295,8 +295,39 @@ def test_nnunet_v2_case_ids_ending_in_digits_and_free_text_channel_names(tmp_pat
     assert ds.class_names == ("background", "liver")
 
 
-def test_public_layouts_that_are_not_supported_yet_are_refused_clearly(tmp_path):
-    expect(nnunet_amos(tmp_path / "two", channels=2), "2 channels", "one image channel")
+def test_two_channels_in_nnunet_files_or_an_msd_fourth_axis_are_normalised_per_channel(tmp_path):
+    ds = open_dataset(nnunet_amos(tmp_path / "two", channels=2))
+    assert ds.channel_names == ("MRI", "ADC") and ds.n_channels == 2 and ds.modality == ["MR", "other"]
+    assert all(c.image.shape[3:] == (2,) for c in ds.cases)
+    assert [s["scheme"] for s in ds.normalisation["channels"]] == ["zscore-per-case", "zscore-per-case"]
+    train = ds.arrays("train")[0][0]
+    assert np.allclose(train.mean(axis=(0, 1, 2)), 0, atol=0.2)  # each channel z-scored on its own
+    root = msd_spleen(tmp_path / "prostate")
+    spec = json.loads((root / "dataset.json").read_text())
+    for entry in spec["training"]:
+        path = root / entry["image"]
+        image = nib.load(path).get_fdata()
+        nib.save(nib.Nifti1Image(np.stack([image, -image], -1), nib.load(path).affine), path)
+    (root / "dataset.json").write_text(json.dumps({**spec, "modality": {"0": "T2", "1": "ADC"}}))
+    prostate = open_dataset(root)
+    assert prostate.n_channels == 2 and all(c.image.shape[3] == 2 for c in prostate.cases)
+
+
+def test_a_missing_channel_and_channels_on_two_grids_are_named(tmp_path):
+    root = nnunet_amos(tmp_path / "missing", channels=2)
+    (root / "imagesTr" / "amos_0510_0001.nii.gz").unlink()
+    expect(root, "amos_0510_0000.nii.gz", "has 1 image channel(s), but dataset.json lists 2")
+    (root / "imagesTr" / "amos_0507_0000.nii.gz").rename(root / "imagesTr" / "amos_0507_0002.nii.gz")
+    expect(root, "amos_0507_0001.nii.gz", "lacks image channel(s) ['_0000']")
+    root = nnunet_amos(tmp_path / "grids", channels=2)
+    write_nifti(root / "imagesTr" / "amos_0508_0001.nii.gz", blob_case(0, (12, 14, 15))[0])
+    expect(root, "amos_0508_0001.nii.gz", "another grid", "amos_0508_0000.nii.gz")
+    root = nnunet_amos(tmp_path / "count")
+    edit_json(root, channel_names={"0": "T2", "1": "ADC"})
+    expect(root, "has 1 image channel(s), but dataset.json lists 2")
+
+
+def test_public_layouts_that_are_not_supported_are_refused_clearly(tmp_path):
     root = nnunet_amos(tmp_path / "regions")
     edit_json(root, labels={"background": 0, "whole tumour": [1, 2, 3], "core": [2, 3]})
     expect(root, "nnU-Net regions", "'whole tumour'", "'core'")
@@ -322,3 +353,40 @@ def test_one_or_two_labelled_cases_are_each_cut_into_disjoint_slabs(tmp_path, n_
         assert np.all(z == 1)  # the three slabs of a case cover it once, without overlap
     images, labels = ds.arrays("train")
     assert len(images) == n_cases and all(i.shape == lab.shape for i, lab in zip(images, labels, strict=True))
+
+
+@pytest.mark.slow
+def test_a_two_channel_dataset_trains_and_its_scans_are_segmented_through_the_cli(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers.config import get_params
+    from helpers.experiment import train_from_params
+    from helpers.io import load_volume
+
+    root = nnunet_amos(tmp_path / "Dataset024_Prostate", channels=2)
+    image = blob_case(600, (14, 12, 18))[0]
+    for c in range(2):
+        write_nifti(root / "imagesTs" / f"prost_0600_{c:04d}.nii.gz", image + 10 * c, spacing=(1.5, 0.9, 0.7))
+    params = get_params("quick", str(root), output_dir=str(tmp_path / "out"))
+    history = train_from_params(params, verbose=0)
+    assert len(history["loss"]) == params["epochs"]
+    info = json.loads((Path(params["run_dir"]) / "model.json").read_text())
+    assert info["channel_names"] == ["MRI", "ADC"]
+    cli = [sys.executable, "-m", "helpers.predict", params["run_dir"]]
+    done = subprocess.run(
+        [*cli, str(root / "imagesTs"), "-o", str(tmp_path / "seg")], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "1 of 1 scans segmented" in done.stdout, done.stderr[-2000:]
+    seg, scan = (
+        load_volume(tmp_path / "seg" / "prost_0600_seg.nii.gz"),
+        load_volume(root / "imagesTs" / "prost_0600_0000.nii.gz"),
+    )
+    assert seg.shape == scan.shape and np.allclose(seg.affine, scan.affine, atol=1e-5)
+    one = subprocess.run(
+        [*cli, str(root / "imagesTs" / "prost_0600_0000.nii.gz"), "-o", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+    )
+    assert one.returncode == 1 and "has 1 image channel(s), but the model takes 2 (MRI, ADC)" in one.stderr
+    assert "prost_0600_0000.nii.gz" in one.stderr
