@@ -77,8 +77,9 @@ def score_test(
             continue
         summary = {m: mean_over_cases(scores, m) for m in ("iou", "dice", "hd95")}
         summary["missed"] = count_missed(scores)
-        summary["mean_iou"] = float(np.nanmean([s["mean_iou"] for s in scores.values()]))
-        summary["mean_dice"] = float(np.nanmean([s["mean_dice"] for s in scores.values()]))
+        for key in ("mean_iou", "mean_dice"):  # each case's foreground mean, averaged over cases
+            values = [s[key] for s in scores.values() if s[key] is not None]
+            summary[key] = float(np.mean(values)) if values else None
         result[label] = {"per_case": scores, **summary}
     result["baseline_note"] = (
         "multi-Otsu thresholding, classes in intensity order"
@@ -89,8 +90,16 @@ def score_test(
     return result
 
 
+#: The ``class`` of the foreground-mean row of each case in ``scores.csv``.
+FOREGROUND_MEAN = "mean (foreground classes)"
+
+
 def write_scores(result: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:
-    """Write :func:`score_test`'s result as ``scores.json`` and a per-case, per-class ``scores.csv``."""
+    """Write :func:`score_test`'s result as ``scores.json`` and a per-case, per-class ``scores.csv``.
+
+    Each case's rows end with one whose class is :data:`FOREGROUND_MEAN`: the mean over
+    the foreground classes (class 0 is reported, not averaged).
+    """
     import csv
     import io
 
@@ -105,6 +114,7 @@ def write_scores(result: dict[str, Any], folder: str | Path) -> tuple[Path, Path
         for case, s in result.get(method, {}).get("per_case", {}).items():
             for i, cls in enumerate(result["classes"]):
                 writer.writerow([method, case, cls, s["iou"][i], s["dice"][i], s["hd95"][i]])
+            writer.writerow([method, case, FOREGROUND_MEAN, s["mean_iou"], s["mean_dice"], s["mean_hd95"]])
     csv_path = write_text_atomic(folder / "scores.csv", buf.getvalue())
     return json_path, csv_path
 

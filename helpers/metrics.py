@@ -3,6 +3,11 @@
 All functions take integer label arrays of equal shape (any number of
 dimensions) holding class indices 0..n_classes-1.
 
+Means are over the foreground classes, 1..n_classes-1: class 0 (the background of a
+dataset folder, the sandstone's pore) is scored and reported but not averaged, as
+nnU-Net reports, so that a near-perfect background does not lift every mean. With a
+single class the mean is that class's score.
+
 Absent classes: a class that appears neither in the truth nor in the prediction
 has no defined IoU or Dice (0/0). Per-class functions return NaN for it, and
 :func:`mean_iou` / :func:`mean_dice` ignore NaN, so a volume without pyrite is
@@ -58,25 +63,33 @@ def dice_per_class(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.nd
     return _per_class(confusion_matrix(truth, pred, n_classes), dice=True)
 
 
+def foreground_mean(per_class: Sequence[float | None]) -> float | None:
+    """Mean of per-class scores over the foreground classes (1..), ignoring n/a (NaN or None).
+
+    Class 0 is left out when there are others. None when no foreground class is scored.
+    """
+    values = np.array([np.nan if v is None else v for v in per_class], dtype=np.float64)
+    values = values[1:] if len(values) > 1 else values
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else None
+
+
 def mean_iou(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
-    """Mean of :func:`iou_per_class` over the classes present in truth or prediction."""
-    return float(np.nanmean(iou_per_class(truth, pred, n_classes)))
+    """Mean of :func:`iou_per_class` over the foreground classes present in truth or prediction."""
+    value = foreground_mean(iou_per_class(truth, pred, n_classes))
+    return float("nan") if value is None else value
 
 
 def mean_dice(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
-    """Mean of :func:`dice_per_class` over the classes present in truth or prediction."""
-    return float(np.nanmean(dice_per_class(truth, pred, n_classes)))
+    """Mean of :func:`dice_per_class` over the foreground classes present in truth or prediction."""
+    value = foreground_mean(dice_per_class(truth, pred, n_classes))
+    return float("nan") if value is None else value
 
 
-def scores_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray | float]:
-    """Per-class IoU and Dice and their means from a confusion matrix (for tables)."""
+def scores_from_confusion(cm: np.ndarray) -> dict[str, Any]:
+    """Per-class IoU and Dice and their foreground means from a confusion matrix (for tables)."""
     iou, dice = _per_class(cm, dice=False), _per_class(cm, dice=True)
-    return {
-        "iou": iou,
-        "dice": dice,
-        "mean_iou": float(np.nanmean(iou)),
-        "mean_dice": float(np.nanmean(dice)),
-    }
+    return {"iou": iou, "dice": dice, "mean_iou": foreground_mean(iou), "mean_dice": foreground_mean(dice)}
 
 
 def evaluate(truth: np.ndarray, pred: np.ndarray, class_names: tuple[str, ...]) -> dict[str, Any]:
@@ -114,7 +127,7 @@ def scores_table(
     metric: str = "iou",
     columns: Sequence[tuple[str, str]] | None = None,
 ) -> str:
-    """Markdown table of per-class scores, one row per class and a row of means.
+    """Markdown table of per-class scores, one row per class and a row of foreground means.
 
     ``results`` maps a method name to :func:`evaluate`'s dict (or one with the same
     keys). By default the columns are every method's ``metric``; ``columns`` picks
@@ -133,7 +146,7 @@ def scores_table(
         rows.append(f"| {cls} | " + " | ".join(fmt(results[n][m][i], m) for n, m in pairs) + " |")
     means = [results[n].get(f"mean_{m}") for n, m in pairs]
     rows.append(
-        "| **mean** | "
+        f"| **mean** (classes 1-{len(classes) - 1}) | "
         + " | ".join("" if v is None else f"**{fmt(v, m)}**" for v, (_, m) in zip(means, pairs, strict=True))
         + " |"
     )
@@ -195,8 +208,7 @@ def case_scores(
     scores["spurious"] = [
         n for n, d, t in zip(class_names, distances, present, strict=True) if np.isinf(d) and not t
     ]
-    valid = [d for d in scores["hd95"] if d is not None]
-    scores["mean_hd95"] = float(np.mean(valid)) if valid else None
+    scores["mean_hd95"] = foreground_mean(scores["hd95"])
     return scores
 
 

@@ -235,12 +235,18 @@ class SegmentationLoss(keras.losses.Loss):
 
 
 def iou_metrics(n_classes: int, class_names: tuple[str, ...] | None = None) -> list[Any]:
-    """Keras IoU (Jaccard) metrics on argmax predictions: ``mean_iou`` and one per class."""
+    """Keras IoU (Jaccard) metrics on argmax predictions: ``mean_iou`` and one per class.
+
+    ``mean_iou``, which picks the checkpoint, is the mean over the foreground classes
+    1..n_classes-1 (class 0 has its own ``iou_<name>`` but is not averaged), as the
+    test scores of :mod:`helpers.metrics` are.
+    """
     if n_classes == 1:
         return [keras.metrics.BinaryIoU(target_class_ids=[0, 1], threshold=0.5, name="mean_iou")]
     names = class_names or tuple(str(c) for c in range(n_classes))
     safe = ["".join(ch if ch.isalnum() else "_" for ch in n) for n in names]
-    return [keras.metrics.OneHotMeanIoU(n_classes, name="mean_iou")] + [
+    foreground = list(range(1, n_classes))
+    return [keras.metrics.OneHotIoU(n_classes, target_class_ids=foreground, name="mean_iou")] + [
         keras.metrics.OneHotIoU(n_classes, target_class_ids=[c], name=f"iou_{safe[c]}")
         for c in range(n_classes)
     ]

@@ -91,7 +91,9 @@ def write_summary(out: Path, profile: str, timings: Sequence[tuple[str, str, flo
             else:
                 lines += [f"({ev.get('baseline_note')})", ""]
             lines += [
-                "Means are over test cases; a class absent from a case is left out of that case (n/a).",
+                f"Means are over the foreground classes ({', '.join(ev['classes'][1:])}; class 0, "
+                f"{ev['classes'][0]}, is reported but not averaged) and over test cases; a class absent "
+                "from a case is left out of that case (n/a).",
                 "HD95 is MONAI's: the larger of the two directed 95th percentiles of surface distances.",
                 _missed_line(unet.get("missed") or {}),
                 "",

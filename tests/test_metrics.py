@@ -37,7 +37,25 @@ def test_class_in_prediction_only_scores_zero():
     t = np.array([0, 0, 0, 1])
     p = np.array([0, 0, 2, 1])
     assert iou_per_class(t, p, 3)[2] == 0.0
-    assert mean_iou(t, p, 3) == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert mean_iou(t, p, 3) == pytest.approx((1 + 0) / 2)  # class 0 (2/3) is reported, not averaged
+
+
+def test_headline_means_are_over_foreground_classes_and_class_0_is_still_reported():
+    from helpers.metrics import case_scores, evaluate, scores_table
+
+    truth = np.zeros((6, 6, 6), np.uint8)
+    truth[1:4, 1:4, 1:4], truth[4:, 4:, 4:] = 1, 2
+    pred = truth.copy()
+    pred[0, 0, :3] = 1  # three background voxels called class 1
+    scores = evaluate(truth, pred, ("background", "liver", "spleen"))
+    assert scores["iou"][0] < 1 and scores["iou"][2] == 1.0
+    assert scores["mean_iou"] == pytest.approx((27 / 30 + 1) / 2)  # background left out
+    assert case_scores(truth, pred, ("background", "liver", "spleen"), (1, 1, 1))["mean_hd95"] is not None
+    table = scores_table({"U-Net": scores})
+    assert (
+        "| background | 0.983 |" in table  # 178 of 181 background voxels kept
+        and f"| **mean** (classes 1-2) | **{(27 / 30 + 1) / 2:.3f}** |" in table
+    )
 
 
 def test_metric_input_errors():

@@ -102,6 +102,16 @@ def test_iou_metrics_names():
     assert names == ["mean_iou", "iou_pore", "iou_clay", "iou_grey_matter"]
 
 
+def test_the_checkpoint_metric_averages_the_foreground_classes_only():
+    truth = np.eye(3, dtype=np.float32)[np.array([[0, 0, 0, 1, 2, 2]])]
+    pred = np.eye(3, dtype=np.float32)[np.array([[0, 1, 0, 1, 2, 2]])]  # one background voxel called 1
+    metrics = {m.name: m for m in iou_metrics(3)}
+    for m in metrics.values():
+        m.update_state(truth, pred)
+    assert float(metrics["iou_0"].result()) == pytest.approx(2 / 3)
+    assert float(metrics["mean_iou"].result()) == pytest.approx((1 / 2 + 1) / 2)
+
+
 def test_saved_model_loads_in_safe_mode_and_predicts_a_volume(tmp_path, small_model):
     path = tmp_path / "m.keras"
     small_model.save(path)
