@@ -302,3 +302,29 @@ def test_predict_with_mirroring_and_largest_component(own_dataset, tmp_path):
         [*args, str(tmp_path / "x"), "--keep-largest", "pore"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "--keep-largest" in bad.stderr
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("n_cases", [1, 2])
+def test_a_dataset_of_one_or_two_cases_runs_through_training_evaluation_and_prediction(tmp_path, n_cases):
+    from test_dataset_folder import blob_case, write_nifti
+
+    root = tmp_path / f"Few{n_cases}"
+    for k in range(n_cases):
+        image, labels = blob_case(k, (40, 36, 36))
+        write_nifti(root / "imagesTr" / f"scan{k}_0000.nii.gz", image)
+        write_nifti(root / "labelsTr" / f"scan{k}.nii.gz", labels)
+    spec = {"name": f"Few{n_cases}", "modality": "CT", "labels": {"background": 0, "organ": 1}}
+    (root / "dataset.json").write_text(json.dumps(spec))
+    out = tmp_path / "course"
+    params = {"profile": "quick", "dataset": str(root), "output_dir": str(out)}
+    for name in ("04_training", "05_evaluation", "06_unpatchify_visualization"):
+        execute_notebook(name, params, out / "executed" / f"{name}.ipynb")
+    evaluation = json.loads((out / "metrics" / f"Few{n_cases}.json").read_text())["evaluation"]
+    assert evaluation["grid"] == "working" and sorted(evaluation["cases"]) == [
+        f"scan{k}" for k in range(n_cases)
+    ]
+    summary = write_summary(out, "quick", [], 1.0).read_text()
+    assert (
+        "slabs of the working grid" in summary and "Means are over the foreground classes (organ" in summary
+    )
