@@ -287,8 +287,9 @@ class Dataset:
     ``cases`` hold the labelled scans; ``split`` says which case (or, for a single
     volume, which slab) is train, val and test (:mod:`helpers.splits`);
     ``normalisation`` was fitted on the training part only; ``unlabelled`` lists the
-    scans of ``imagesTs/`` to segment (paths, loaded on demand; a scan of several
-    channels by its first file). ``channel_names`` name the image channels in order
+    scans of ``imagesTs/`` to segment (paths, loaded on demand; every channel file of a
+    scan, as :func:`helpers.predict.predict_scans` takes them). ``channel_names`` name
+    the image channels in order
     (``modality`` is then one modality per channel).
     """
 
@@ -684,7 +685,7 @@ def open_dataset(
     if tests is not None:
         unlabelled = [str(e["image"]) for e in tests if "image" in e]
     elif (root / "imagesTs").is_dir():
-        unlabelled = [str(p[0]) for p in _entries(root / "imagesTs").values()]
+        unlabelled = [str(p) for paths in _entries(root / "imagesTs").values() for p in paths]
     files = [*(p for paths in images.values() for p in paths), *label_files.values()]
     return Dataset(
         name,

@@ -55,27 +55,22 @@ def find_scans(inputs: Sequence[str | os.PathLike[str]], n_channels: int = 1) ->
     for item in inputs:
         path = Path(item)
         inner = volume_files(path) if path.is_dir() else []
-        items += inner if any(p.is_dir() or p.is_file() for p in inner) else [path]
+        items += inner or [path]
     groups: dict[str, dict[int, Path]] = {}
-    where: dict[str, Path] = {}
     for path in items:
         stem = volume_stem(path)
         match = CHANNEL_PATTERN.match(stem)
         case, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
         if not match or channel >= n_channels:
             case, channel = stem, 0
-        if case in where and where[case] != path.parent:
+        seen = groups.setdefault(case, {})
+        other = seen.get(channel) or next((p for p in seen.values() if p.parent != path.parent), None)
+        if other is not None:
             raise ValueError(
-                f"inputs would overwrite each other's output: {where[case] / case}* and {path} -> "
-                f"{case}_seg.nii.gz. Rename one of them or segment them into separate output folders"
+                f"inputs would overwrite each other's output: {other} and {path} -> {case}_seg.nii.gz. "
+                "Rename one of them or segment them into separate output folders"
             )
-        if channel in groups.setdefault(case, {}):
-            raise ValueError(
-                f"inputs would overwrite each other's output: {groups[case][channel]} and {path} -> "
-                f"{case}_seg.nii.gz. Rename one of them or segment them into separate output folders"
-            )
-        where[case] = path.parent
-        groups[case][channel] = path
+        seen[channel] = path
     return {case: [channels[c] for c in sorted(channels)] for case, channels in groups.items()}
 
 
