@@ -237,7 +237,9 @@ def _load_nifti(path: Path) -> Volume:
     offset = int(img.dataobj.offset)  # the header may say 0 where the data follows it at 352
     needed = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
     if _suffix(path) == ".nii.gz":
-        raw = _gunzip_prefix(path, needed)
+        raw = bytearray()
+        for chunk in _gunzip_chunks(path, needed):  # grows only as real data arrives
+            raw += chunk
         _check_declared_size(path, shape, dtype, needed, len(raw), "decompresses to")
         count = (needed - offset) // dtype.itemsize
         data = np.frombuffer(raw, dtype, count=count, offset=offset).reshape(shape, order="F")
@@ -257,19 +259,18 @@ def _load_nifti(path: Path) -> Volume:
 _GZIP_STEP = 1 << 24
 
 
-def _gunzip_prefix(path: Path, needed: int) -> bytearray:
-    """The first ``needed`` decompressed bytes of a gzip file, or all of them if it holds fewer.
+def _gunzip_chunks(path: Path, needed: int) -> Iterator[bytes]:
+    """The first ``needed`` decompressed bytes of a gzip file, in chunks of at most ``_GZIP_STEP``.
 
-    Decompresses at most ``_GZIP_STEP`` bytes per step into a buffer that grows only as
-    real data arrives, so a header that claims terabytes costs no more memory than
-    the file really holds. Concatenated gzip members and zero padding are read as
-    ``gzip`` reads them.
+    Stops early where the file holds fewer. Decompressing step by step means a header
+    that claims terabytes costs no more memory than the file really holds. Concatenated
+    gzip members and zero padding are read as ``gzip`` reads them.
     """
-    buf = bytearray()
+    done = 0
     pending = b""
     inflate = zlib.decompressobj(wbits=31)
     with open(path, "rb") as f:
-        while len(buf) < needed:
+        while done < needed:
             if inflate.eof:  # another member may follow, after optional zero padding
                 pending = pending.lstrip(b"\0")
                 if pending:
@@ -277,11 +278,36 @@ def _gunzip_prefix(path: Path, needed: int) -> bytearray:
             if not pending:
                 pending = f.read(1 << 20)
                 if not pending:
-                    break
+                    return
                 continue
-            buf += inflate.decompress(pending, min(_GZIP_STEP, needed - len(buf)))
+            chunk = inflate.decompress(pending, min(_GZIP_STEP, needed - done))
             pending = inflate.unconsumed_tail or inflate.unused_data
-    return buf
+            done += len(chunk)
+            yield chunk
+
+
+def check_nifti_size(path: str | os.PathLike[str], img: Any) -> None:
+    """Refuse a NIfTI whose header (nibabel ``img``) claims more voxel data than the file holds.
+
+    A ``.nii`` is compared with its size on disk; a ``.nii.gz`` is decompressed step by
+    step, in bounded memory, until the data declared has arrived or the file ends (one
+    extra pass: use it where the data is then read piece by piece).
+
+    Raises
+    ------
+    VolumeError
+        The file is shorter than its header declares; the message gives both sizes.
+    """
+    path = Path(path)
+    hdr = img.header
+    shape = tuple(int(s) for s in hdr.get_data_shape())
+    dtype = hdr.get_data_dtype()
+    needed = int(img.dataobj.offset) + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if _suffix(path) == ".nii.gz":
+        size, verb = sum(len(c) for c in _gunzip_chunks(path, needed)), "decompresses to"
+    else:
+        size, verb = path.stat().st_size, "holds"
+    _check_declared_size(path, shape, dtype, needed, size, verb)
 
 
 def _check_declared_size(

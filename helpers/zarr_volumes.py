@@ -23,11 +23,11 @@ import numpy as np
 
 from helpers.io import (
     VolumeError,
-    _check_declared_size,
     _check_numpy_header,
     _suffix,
     _tiff_affine,
     check_affine,
+    check_nifti_size,
     check_volume,
     load_volume,
 )
@@ -168,7 +168,7 @@ def _slab_reader(source: Path) -> tuple[tuple[int, ...], np.dtype, np.ndarray, A
         import nibabel as nib
 
         img = nib.load(str(source))
-        _check_declared_size(source, img)
+        check_nifti_size(source, img)
         ijk = img.shape
         if len(ijk) != 3:
             raise VolumeError(source, f"has shape {ijk}; chunked conversion takes a 3-D NIfTI")

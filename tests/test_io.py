@@ -464,6 +464,15 @@ def test_a_forged_size_claim_is_refused_with_its_true_numbers_in_little_memory(
         tracemalloc.stop()
     assert_names(err, path, "declares", f"({needed} bytes with the header)", "decompresses to only")
     assert peak < 100e6, peak
+    from helpers.io import check_nifti_size  # what the zarr converter checks before reading slabs
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(VolumeError, match="decompresses to only"):
+            check_nifti_size(path, nib.load(path))
+        assert tracemalloc.get_traced_memory()[1] < 100e6
+    finally:
+        tracemalloc.stop()
 
 
 def test_gzip_members_and_scaled_data_load_as_nibabel_reads_them_but_in_float32(tmp_path):
