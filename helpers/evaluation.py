@@ -78,7 +78,7 @@ def score_test(
         summary = {m: mean_over_cases(scores, m) for m in ("iou", "dice", "hd95")}
         summary["missed"] = count_missed(scores)
         for key in ("mean_iou", "mean_dice"):  # each case's foreground mean, averaged over cases
-            values = [s[key] for s in scores.values() if s[key] is not None]
+            values = [s[key] for s in scores.values() if s[key] is not None and not np.isnan(s[key])]
             summary[key] = float(np.mean(values)) if values else None
         result[label] = {"per_case": scores, **summary}
     result["baseline_note"] = (

@@ -63,27 +63,26 @@ def dice_per_class(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.nd
     return _per_class(confusion_matrix(truth, pred, n_classes), dice=True)
 
 
-def foreground_mean(per_class: Sequence[float | None]) -> float | None:
+def foreground_mean(per_class: Sequence[float | None]) -> float:
     """Mean of per-class scores over the foreground classes (1..), ignoring n/a (NaN or None).
 
-    Class 0 is left out when there are others. None when no foreground class is scored.
+    Class 0 is left out when there are others. NaN when no foreground class is scored
+    (none in the truth nor in the prediction).
     """
     values = np.array([np.nan if v is None else v for v in per_class], dtype=np.float64)
     values = values[1:] if len(values) > 1 else values
     values = values[~np.isnan(values)]
-    return float(values.mean()) if values.size else None
+    return float(values.mean()) if values.size else float("nan")
 
 
 def mean_iou(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     """Mean of :func:`iou_per_class` over the foreground classes present in truth or prediction."""
-    value = foreground_mean(iou_per_class(truth, pred, n_classes))
-    return float("nan") if value is None else value
+    return foreground_mean(iou_per_class(truth, pred, n_classes))
 
 
 def mean_dice(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     """Mean of :func:`dice_per_class` over the foreground classes present in truth or prediction."""
-    value = foreground_mean(dice_per_class(truth, pred, n_classes))
-    return float("nan") if value is None else value
+    return foreground_mean(dice_per_class(truth, pred, n_classes))
 
 
 def scores_from_confusion(cm: np.ndarray) -> dict[str, Any]:
@@ -208,7 +207,8 @@ def case_scores(
     scores["spurious"] = [
         n for n, d, t in zip(class_names, distances, present, strict=True) if np.isinf(d) and not t
     ]
-    scores["mean_hd95"] = foreground_mean(scores["hd95"])
+    mean_hd95 = foreground_mean(scores["hd95"])
+    scores["mean_hd95"] = None if np.isnan(mean_hd95) else mean_hd95
     return scores
 
 

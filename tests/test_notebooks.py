@@ -312,6 +312,8 @@ def test_a_dataset_of_one_or_two_cases_runs_through_training_evaluation_and_pred
     root = tmp_path / f"Few{n_cases}"
     for k in range(n_cases):
         image, labels = blob_case(k, (40, 36, 36))
+        labels[2:38, 10:26, 12:24] = 1  # an organ through every slice, so that every slab holds some
+        image = (labels * 200 + image % 40 - 100).astype(np.int16)
         write_nifti(root / "imagesTr" / f"scan{k}_0000.nii.gz", image)
         write_nifti(root / "labelsTr" / f"scan{k}.nii.gz", labels)
     spec = {"name": f"Few{n_cases}", "modality": "CT", "labels": {"background": 0, "organ": 1}}
