@@ -244,8 +244,6 @@ class DatasetError(VolumeError):
     """A dataset folder or ``dataset.json`` that cannot be used; the message names the file or case."""
 
 
-#: File name suffix of the first (and, for now, only) image channel, as nnU-Net writes it.
-CHANNEL_SUFFIX = "_0000"
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npz", ".npy", ".tif", ".tiff")
 
 
@@ -408,12 +406,6 @@ def _labels(spec: dict[str, Any], path: Path) -> tuple[tuple[str, ...], list[lis
     if len(names) < 2:
         raise DatasetError(path, "labels must name at least one class besides the background")
     return tuple(names), ids
-
-
-def case_name(path: Path) -> str:
-    """Case name of an image or label file or DICOM folder: its name less suffixes and ``_0000``."""
-    name = volume_stem(path)
-    return name[: -len(CHANNEL_SUFFIX)] if name.endswith(CHANNEL_SUFFIX) else name
 
 
 def check_channel_count(
@@ -709,13 +701,12 @@ MIN_CASES_TO_SPLIT = 3
 
 def _parts(cases: Sequence[Case], split: dict[str, Any], which: str) -> list[tuple[Case, tuple[slice, ...]]]:
     """(case, region) pairs of part ``which`` of ``split``: whole cases, or a slab of every case."""
+    by_name = {c.name: c for c in cases}
     if split["kind"] == "slabs":
         axis = split["axis"]
         if "cases" in split:  # a dataset folder of one or two cases: a slab of each
-            by_name = {c.name: c for c in cases}
             return [(by_name[n], slab_index(b[which], axis)) for n, b in split["cases"].items()]
         return [(cases[0], slab_index(split[which], axis))]
-    by_name = {c.name: c for c in cases}
     return [(by_name[n], (slice(None),) * 3) for n in split[which]]
 
 
