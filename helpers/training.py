@@ -303,8 +303,12 @@ def train(
 
 
 def _complete(run_dir: Path, commit: Commit, epochs: int) -> dict[str, Any]:
-    """Write ``complete.json`` for a run whose last commit is ``commit``."""
-    settle(run_dir, commit)
+    """Write ``complete.json`` for a run whose last commit is ``commit``.
+
+    The state commit it would resume from stays until ``complete.json`` exists, so a
+    kill in between still finds a resume point (:func:`settle_complete` removes it).
+    """
+    settle(run_dir, commit, resume_point(run_dir) or commit)
     done = {
         "epochs": epochs,
         "epochs_run": commit.epochs_done,

@@ -221,3 +221,36 @@ def test_the_last_epoch_saves_no_optimizer_state(tmp_path, monkeypatch):
     )
     finished_run(tmp_path, epochs=3)
     assert saved == []  # 3 epochs < state_every: the run needs no resume point at all
+
+
+def test_a_kill_just_before_complete_json_keeps_the_resume_point(tmp_path, monkeypatch):
+    """CI found it (stop 24): the final settle pruned the last state commit before complete.json existed."""
+    from fault_worker import tiny_model
+
+    import helpers.training as training
+    from helpers.runs import committed_epochs, resume_point
+
+    class Killed(BaseException):
+        pass
+
+    def write(path, text):
+        if path.name == "complete.json":
+            raise Killed
+        return original(path, text)
+
+    original = training.write_text_atomic
+    monkeypatch.setattr(training, "write_text_atomic", write)
+    labels = np.random.default_rng(0).integers(0, 3, (16, 16, 16)).astype(np.uint8)
+    data = PatchSampler(labels.astype(np.float32), labels, 16, 1, 1, n_classes=3)
+    with pytest.raises(Killed):
+        train(tiny_model(), data, None, 3, tmp_path, verbose=0, state_every=2)
+    assert resume_point(tmp_path).epochs_done == 2 and committed_epochs(tmp_path) == 2
+    monkeypatch.setattr(training, "write_text_atomic", original)
+    started = []
+
+    class Spy(InterruptAfterEpoch):
+        def on_epoch_begin(self, epoch, logs=None):
+            started.append(epoch)
+
+    assert train(tiny_model(), data, None, 3, tmp_path, callbacks=[Spy(99)], verbose=0)["epoch"] == [0, 1, 2]
+    assert started == [] and committed_epochs(tmp_path) == 3
