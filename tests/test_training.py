@@ -254,3 +254,33 @@ def test_a_kill_just_before_complete_json_keeps_the_resume_point(tmp_path, monke
 
     assert train(tiny_model(), data, None, 3, tmp_path, callbacks=[Spy(99)], verbose=0)["epoch"] == [0, 1, 2]
     assert started == [] and committed_epochs(tmp_path) == 3
+
+
+def test_the_best_model_is_written_with_state_commits_and_at_the_end(tmp_path, monkeypatch):
+    """Issue 23: 171 MB per improvement bought nothing a resume keeps; it now waits in memory."""
+    import keras
+    from fault_worker import tiny_model
+
+    from helpers.training import compile_for_training, training_run
+
+    saved = []
+    original = keras.Model.save
+    monkeypatch.setattr(
+        keras.Model, "save", lambda self, path, *a, **k: (saved.append(path), original(self, path, *a, **k))
+    )
+
+    class Improving(keras.callbacks.Callback):  # runs before the checkpoint: every epoch is a new best
+        def on_epoch_end(self, epoch, logs=None):
+            logs["mean_iou"] = float(epoch)
+
+    labels = np.random.default_rng(0).integers(0, 3, (16, 16, 16)).astype(np.uint8)
+    data = PatchSampler(labels.astype(np.float32), labels, 16, 1, 1, n_classes=3)
+    model = compile_for_training(tiny_model())
+    with training_run(tmp_path, 8, monitor="mean_iou", state_every=3) as run:
+        model.fit(data, epochs=8, callbacks=[Improving(), *run.callbacks], verbose=0)
+    assert [p.name.split(".")[1] for p in saved] == [  # temporary names: .best-0002.keras.PID.*
+        "best-0002",
+        "best-0005",
+        "best-0007",
+    ]
+    assert load_model(tmp_path / "best.keras").get_weights()[0].tolist() == model.get_weights()[0].tolist()
