@@ -81,13 +81,23 @@ def test_notebooks_define_no_functions_or_classes(path):
 
 @pytest.fixture(scope="module")
 def course_run(tmp_path_factory):
-    return {"out": tmp_path_factory.mktemp("course"), "timings": []}
+    """One output folder per pass: under ``make test``'s two xdist workers the sandstone
+    pass and the brain pass (each an ``xdist_group``, run in order) may run side by side."""
+    out = {d: tmp_path_factory.mktemp(f"course-{d}") for d in ("sandstone", "brain")}
+    return {"out": out, "timings": []}
+
+
+def pass_group(dataset: str) -> pytest.MarkDecorator:
+    return pytest.mark.xdist_group(f"course-{dataset}")
 
 
 @pytest.mark.notebooks
-@pytest.mark.parametrize(("name", "dataset"), course_plan(), ids=lambda v: v)
+@pytest.mark.parametrize(
+    ("name", "dataset"),
+    [pytest.param(n, d, marks=pass_group(d), id=f"{n}-{d}") for n, d in course_plan()],
+)
 def test_notebook_runs_with_quick_profile(course_run, name, dataset):
-    out = course_run["out"]
+    out = course_run["out"][dataset]
     target = out / "executed" / f"{name}-{dataset}.ipynb"
     seconds = execute_notebook(name, {"profile": "quick", "dataset": dataset, "output_dir": str(out)}, target)
     course_run["timings"].append((name, dataset, seconds))
@@ -101,22 +111,31 @@ def test_notebook_runs_with_quick_profile(course_run, name, dataset):
 
 
 @pytest.mark.notebooks
+@pass_group("sandstone")
 def test_course_outputs_and_summary(course_run):
-    out = course_run["out"]
+    out = course_run["out"]["sandstone"]
     sand = json.loads((out / "metrics" / "sandstone.json").read_text())
     assert {"evaluation", "training", "inference"} <= set(sand)
     assert len(sand["evaluation"]["unet"]["iou"]) == 4
-    brain = json.loads((out / "metrics" / "brain.json").read_text())
-    assert len(brain["evaluation"]["baseline"]["iou"]) == 3
     summary = write_summary(out, "quick", course_run["timings"], 1.0).read_text()
     assert "| class | multi-Otsu IoU | U-Net IoU | U-Net Dice |" in summary
-    assert "## sandstone" in summary and "## brain" in summary
+    assert "## sandstone" in summary
     assert len(list((out / "figures").glob("*.png"))) >= 10
 
 
 @pytest.mark.notebooks
+@pass_group("brain")
+def test_the_brain_pass_is_scored_and_summarised(course_run):
+    out = course_run["out"]["brain"]
+    brain = json.loads((out / "metrics" / "brain.json").read_text())
+    assert len(brain["evaluation"]["baseline"]["iou"]) == 3
+    assert "## brain" in write_summary(out, "quick", course_run["timings"], 1.0).read_text()
+
+
+@pytest.mark.notebooks
+@pass_group("sandstone")
 def test_summary_reports_test_scores_and_says_which_part_is_which(course_run):
-    out = course_run["out"]
+    out = course_run["out"]["sandstone"]
     summary = write_summary(out, "quick", course_run["timings"], 1.0).read_text()
     assert "## sandstone: test scores, U-Net against multi-Otsu" in summary
     assert "**validation** (picks the" in summary and "**test** (scored once" in summary
@@ -127,8 +146,9 @@ def test_summary_reports_test_scores_and_says_which_part_is_which(course_run):
 
 
 @pytest.mark.notebooks
+@pass_group("brain")
 def test_a_model_of_another_dataset_is_refused_naming_both(course_run, tmp_path):
-    out = course_run["out"]
+    out = course_run["out"]["brain"]
     brain_run = next((out / "runs").glob("brain-quick-*"))
     params = {"profile": "quick", "dataset": "sandstone", "output_dir": str(out), "run_dir": str(brain_run)}
     with pytest.raises(NotebookError, match=r"ModelMismatchError.*'brain'.*'sandstone'"):
@@ -136,10 +156,11 @@ def test_a_model_of_another_dataset_is_refused_naming_both(course_run, tmp_path)
 
 
 @pytest.mark.notebooks
+@pass_group("sandstone")
 def test_saved_prediction_reloads_with_the_source_affine(course_run):
     from helpers.io import load_volume
 
-    folder = course_run["out"] / "predictions"
+    folder = course_run["out"]["sandstone"] / "predictions"
     pred = load_volume(folder / "sandstone_prediction.nii.gz")
     image = load_volume(folder / "sandstone_image.nii.gz")
     assert np.allclose(pred.affine, image.affine)
@@ -169,7 +190,11 @@ def own_dataset(tmp_path_factory):
     return {"root": root, "out": tmp_path_factory.mktemp("own-course")}
 
 
+own_group = pytest.mark.xdist_group("own-dataset")  # 04 trains the model the tests after it use
+
+
 @pytest.mark.notebooks
+@own_group
 @pytest.mark.parametrize("name", ["04_training", "05_evaluation", "06_unpatchify_visualization"])
 def test_zero_code_course_on_a_dataset_folder(own_dataset, name):
     params = {"profile": "quick", "dataset": str(own_dataset["root"]), "output_dir": str(own_dataset["out"])}
@@ -177,6 +202,7 @@ def test_zero_code_course_on_a_dataset_folder(own_dataset, name):
 
 
 @pytest.mark.notebooks
+@own_group
 def test_zero_code_scores_every_test_case_and_segments_every_new_scan(own_dataset):
     from helpers.datasets import open_dataset
     from helpers.io import load_volume
@@ -226,6 +252,7 @@ def mixed_size_dicom(folder):
 
 
 @pytest.mark.notebooks
+@own_group
 def test_predict_reports_a_corrupt_scan_and_still_segments_the_good_one(own_dataset, tmp_path):
     run_dir = next((own_dataset["out"] / "runs").glob("SandstoneCores-quick-*"))
     good = own_dataset["root"] / "imagesTs" / "core90_0000.nii.gz"
@@ -256,6 +283,7 @@ def test_predict_reports_a_corrupt_scan_and_still_segments_the_good_one(own_data
 
 
 @pytest.mark.notebooks
+@own_group
 def test_predict_refuses_colliding_outputs_and_unknown_classes_before_running(own_dataset, tmp_path):
     run_dir = next((own_dataset["out"] / "runs").glob("SandstoneCores-quick-*"))
     good = own_dataset["root"] / "imagesTs" / "core90_0000.nii.gz"
@@ -280,6 +308,7 @@ def test_predict_refuses_colliding_outputs_and_unknown_classes_before_running(ow
 
 
 @pytest.mark.notebooks
+@own_group
 def test_predict_with_mirroring_and_largest_component(own_dataset, tmp_path):
     from scipy import ndimage
 
