@@ -13,10 +13,11 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 run: check-profile $(STAMP)
 	$(BIN)/python -m helpers.runner --profile $(PROFILE) $(if $(DATASET),--dataset "$(DATASET)")
 
-# Two pytest workers: run serially, the suite kept 1.15 of the 2 cores busy on average (graph
-# tracing, kernel start-ups and file writes are single-threaded), so a second worker uses the rest. Tests that share outputs (a course pass,
-# the own-dataset chain) are one xdist_group each and run in order on one worker.
-XDIST := -n 2 --dist loadgroup
+# Two pytest workers: run serially, the fast tests kept 1.15 of the 2 cores busy (graph tracing,
+# kernel start-ups and file writes are single-threaded), so a second worker uses the rest.
+# --dist loadfile runs a file's tests in order on one worker: tests that share outputs (a
+# course pass, the own-dataset chain) live in one file.
+XDIST := -n 2 --dist loadfile
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest $(XDIST)

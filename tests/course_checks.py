@@ -1,0 +1,26 @@
+"""Shared by the course-pass test files: execute a notebook with papermill and check every cell ran.
+
+The passes live in separate files so that ``make test``'s two pytest-xdist workers
+(``--dist loadfile``) can run them side by side, each file's tests in order on one worker.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from helpers.runner import execute_notebook
+
+
+def run_clean(name: str, params: dict[str, Any], target: Path) -> float:
+    """Execute notebook ``name`` with ``params`` into ``target``; assert that every cell ran
+    without an error or a traceback. Returns the seconds it took."""
+    seconds = execute_notebook(name, params, target)
+    executed = nbformat.read(target, as_version=4)
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code)  # every cell ran, in order
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in code)
+    outputs = [o for c in code for o in c.get("outputs", [])]
+    assert outputs and not [o for o in outputs if o.get("output_type") == "error"]
+    assert not [o for o in outputs if "Traceback" in o.get("text", "")]
+    return seconds

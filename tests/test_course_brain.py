@@ -1,0 +1,41 @@
+"""Issue 6: the course's second pass, 04-06 on the embedded brain MRI with the quick profile.
+
+The resume demo of 04 is skipped here (``resume_demo=False``): the sandstone pass runs it.
+"""
+
+import json
+
+import pytest
+from course_checks import run_clean
+
+from helpers.results import write_summary
+from helpers.runner import SECOND_PASS, NotebookError, execute_notebook
+
+pytestmark = pytest.mark.notebooks
+
+
+@pytest.fixture(scope="module")
+def brain_out(tmp_path_factory):
+    return tmp_path_factory.mktemp("course-brain")
+
+
+@pytest.mark.parametrize("name", SECOND_PASS)
+def test_notebook_runs_with_quick_profile(brain_out, name):
+    params = {"profile": "quick", "dataset": "brain", "output_dir": str(brain_out)}
+    if name == "04_training":
+        params["resume_demo"] = False
+    run_clean(name, params, brain_out / "executed" / f"{name}-brain.ipynb")
+
+
+def test_the_brain_pass_is_scored_and_summarised(brain_out):
+    brain = json.loads((brain_out / "metrics" / "brain.json").read_text())
+    assert len(brain["evaluation"]["baseline"]["iou"]) == 3
+    assert "## brain" in write_summary(brain_out, "quick", [], 1.0).read_text()
+
+
+def test_a_model_of_another_dataset_is_refused_naming_both(brain_out, tmp_path):
+    brain_run = next((brain_out / "runs").glob("brain-quick-*"))
+    params = {"profile": "quick", "dataset": "sandstone", "output_dir": str(brain_out)}
+    params["run_dir"] = str(brain_run)
+    with pytest.raises(NotebookError, match=r"ModelMismatchError.*'brain'.*'sandstone'"):
+        execute_notebook("05_evaluation", params, tmp_path / "05-mismatch.ipynb")

@@ -1,0 +1,57 @@
+"""Issue 6: the course's first pass, every notebook on the embedded sandstone with the quick profile."""
+
+import json
+
+import numpy as np
+import pytest
+from course_checks import run_clean
+
+from helpers.results import write_summary
+from helpers.runner import course_plan
+
+pytestmark = pytest.mark.notebooks
+
+
+@pytest.fixture(scope="module")
+def course_run(tmp_path_factory):
+    return {"out": tmp_path_factory.mktemp("course-sandstone"), "timings": []}
+
+
+@pytest.mark.parametrize("name", [n for n, d in course_plan() if d == "sandstone"])
+def test_notebook_runs_with_quick_profile(course_run, name):
+    out = course_run["out"]
+    params = {"profile": "quick", "dataset": "sandstone", "output_dir": str(out)}
+    seconds = run_clean(name, params, out / "executed" / f"{name}-sandstone.ipynb")
+    course_run["timings"].append((name, "sandstone", seconds))
+
+
+def test_course_outputs_and_summary(course_run):
+    out = course_run["out"]
+    sand = json.loads((out / "metrics" / "sandstone.json").read_text())
+    assert {"evaluation", "training", "inference"} <= set(sand)
+    assert len(sand["evaluation"]["unet"]["iou"]) == 4
+    summary = write_summary(out, "quick", course_run["timings"], 1.0).read_text()
+    assert "| class | multi-Otsu IoU | U-Net IoU | U-Net Dice |" in summary
+    assert "## sandstone" in summary
+    assert len(list((out / "figures").glob("*.png"))) >= 10
+
+
+def test_summary_reports_test_scores_and_says_which_part_is_which(course_run):
+    out = course_run["out"]
+    summary = write_summary(out, "quick", course_run["timings"], 1.0).read_text()
+    assert "## sandstone: test scores, U-Net against multi-Otsu" in summary
+    assert "**validation** (picks the" in summary and "**test** (scored once" in summary
+    sand = json.loads((out / "metrics" / "sandstone.json").read_text())["evaluation"]
+    assert sand["part"] == "test" and "sandstone" in sand["cases"]
+    assert len(sand["unet"]["hd95"]) == 4 and any(v is not None for v in sand["unet"]["hd95"])
+    assert "HD95 is MONAI's" in summary and "missed" in summary and "missed" in sand["unet"]
+
+
+def test_saved_prediction_reloads_with_the_source_affine(course_run):
+    from helpers.io import load_volume
+
+    folder = course_run["out"] / "predictions"
+    pred = load_volume(folder / "sandstone_prediction.nii.gz")
+    image = load_volume(folder / "sandstone_image.nii.gz")
+    assert np.allclose(pred.affine, image.affine)
+    assert pred.array.shape == image.array.shape and pred.array.dtype == np.uint8
