@@ -17,9 +17,9 @@ finished when its ``epoch-NNNN.json`` exists (the commit point, written last), a
 weights and optimizer state are saved only every few epochs (a *state commit*;
 :class:`helpers.training.RunCheckpoint` says when), so each commit names the state
 commit it would resume from. A best-model candidate is written with state commits and
-at the end, so ``best.keras`` may lag the log by the epochs since the last of them. After a kill the next call rolls the log and
-``best.keras`` back to that state commit and trains again from there: it loses at
-most the epochs since, never a finished run.
+at the end, so ``best.keras`` may lag the log by the epochs since the last of them.
+After a kill the next call rolls the log and ``best.keras`` back to that state commit
+and trains again from there: it loses at most the epochs since, never a finished run.
 It imports no Keras or TensorFlow (h5py only to check a weights file), so it is cheap to import.
 """
 
