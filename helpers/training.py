@@ -106,7 +106,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         if optimizer is not None and not optimizer.built:
             # Built here, a resume's saved state has somewhere to go, and the first training step
             # is traced once instead of twice (its variables would be created inside the trace):
-            # 13 s instead of 22 s for the U-Net on 2 cores
+            # 14.0 s instead of 21.0 s for the U-Net on 2 cores (benchmarks/first_step.py)
             optimizer.build(self.model.trainable_variables)
         if self.commit.epochs_done:
             self.model.load_weights(weights_path(self.run_dir, self.commit.epochs_done))
