@@ -288,7 +288,7 @@ def test_the_best_model_is_written_with_state_commits_and_at_the_end(tmp_path, m
 
 def test_adam_is_built_before_the_first_step_so_it_is_traced_once(tmp_path):
     """Issue 22: built inside the first step, Adam's variables made TensorFlow trace it twice
-    (benchmarks/first_step.py: the U-Net's first step 21.6 s against 13.1 s)."""
+    (benchmarks/first_step.py: the U-Net's first step 20.97 s against 14.04 s)."""
     import keras
     from fault_worker import tiny_model
 
