@@ -22,9 +22,7 @@ def brain_out(tmp_path_factory):
 @pytest.mark.parametrize("name", SECOND_PASS)
 def test_notebook_runs_with_quick_profile(brain_out, name):
     params = {"profile": "quick", "dataset": "brain", "output_dir": str(brain_out)}
-    if name == "04_training":
-        params["resume_demo"] = False
-    run_clean(name, params, brain_out / "executed" / f"{name}-brain.ipynb")
+    run_clean(name, params, brain_out / "executed" / f"{name}-brain.ipynb", resume_demo=False)
 
 
 def test_the_brain_pass_is_scored_and_summarised(brain_out):

@@ -114,8 +114,7 @@ def test_a_dataset_of_one_or_two_cases_runs_through_training_evaluation_and_pred
     out = tmp_path / "course"
     params = {"profile": "quick", "dataset": str(root), "output_dir": str(out)}
     for name in ("04_training", "05_evaluation", "06_unpatchify_visualization"):
-        extra = {"resume_demo": False} if name == "04_training" else {}  # the sandstone pass runs it
-        run_clean(name, {**params, **extra}, out / "executed" / f"{name}.ipynb")
+        run_clean(name, params, out / "executed" / f"{name}.ipynb", resume_demo=False)
     evaluation = json.loads((out / "metrics" / f"Few{n_cases}.json").read_text())["evaluation"]
     assert evaluation["grid"] == "working" and sorted(evaluation["cases"]) == [
         f"scan{k}" for k in range(n_cases)
