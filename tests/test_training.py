@@ -6,9 +6,15 @@ import pytest
 from helpers.datasets import make_sandstone
 from helpers.model import build_unet, iou_metrics, load_model
 from helpers.preprocessing import normalize
-from helpers.runs import RunFolderError, commits
+from helpers.runs import RunFolderError, commits, weights_path
 from helpers.sampling import PatchSampler
-from helpers.training import InterruptAfterEpoch, SimulatedInterruption, read_log, train
+from helpers.training import (
+    InterruptAfterEpoch,
+    SimulatedInterruption,
+    compile_for_training,
+    read_log,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +47,22 @@ def test_quick_training_lowers_loss_and_beats_an_untrained_model(phantom, tmp_pa
     assert best.output_shape == (None, 32, 32, 32, 4)
 
 
+def batchnorm_model():
+    """A small model with BatchNormalization (its moving statistics are weights too) for resume
+    tests; notebook 04's resume demo asserts the same with the U-Net."""
+    import keras
+
+    inputs = keras.Input((32, 32, 32, 1))
+    x = keras.layers.Conv3D(4, 3, padding="same")(inputs)
+    x = keras.layers.Activation("relu")(keras.layers.BatchNormalization()(x))
+    return keras.Model(inputs, keras.layers.Conv3D(4, 1, activation="softmax", dtype="float32")(x))
+
+
 def test_training_resumes_after_an_interruption(phantom, tmp_path):
     train_data, val_data = samplers(phantom, steps=1, batch=1)
     with pytest.raises(SimulatedInterruption):
         train(
-            build_unet(4, patch_size=32),
+            batchnorm_model(),
             train_data,
             val_data,
             4,
@@ -56,16 +73,22 @@ def test_training_resumes_after_an_interruption(phantom, tmp_path):
         )
     assert read_log(tmp_path / "log.csv")["epoch"] == [0, 1]
     assert [c.epochs_done for c in commits(tmp_path)] == [2]
+    saved = compile_for_training(batchnorm_model())
+    saved.optimizer.build(saved.trainable_variables)
+    saved.load_weights(weights_path(tmp_path, 2))
+    saved_mean = saved.layers[2].moving_mean.numpy()
+    assert np.abs(saved_mean).max() > 0  # the moving statistics moved away from their zero start
 
-    started, iterations = [], []
+    started, iterations, means = [], [], []
 
     class Spy(InterruptAfterEpoch):
         def on_epoch_begin(self, epoch, logs=None):
             started.append(epoch)
             iterations.append(int(self.model.optimizer.iterations.numpy()))
+            means.append(self.model.layers[2].moving_mean.numpy())
 
     history = train(
-        build_unet(4, patch_size=32),
+        batchnorm_model(),
         train_data,
         val_data,
         4,
@@ -76,11 +99,12 @@ def test_training_resumes_after_an_interruption(phantom, tmp_path):
     )
     assert started == [2, 3]  # continued at epoch 3 (1-based)
     assert iterations == [2, 3]  # with the optimizer state (Adam's step count) restored
+    assert np.array_equal(means[0], saved_mean)  # and BatchNormalization's moving statistics
     assert history["epoch"] == [0, 1, 2, 3]  # each epoch exactly once
     assert not (tmp_path / "backup").exists()
     model = load_model(tmp_path / "best.keras")  # safe_mode=True
     assert model.output_shape[-1] == 4
-    again = train(build_unet(4, patch_size=32), train_data, val_data, 4, tmp_path, verbose=0)
+    again = train(batchnorm_model(), train_data, val_data, 4, tmp_path, verbose=0)
     assert again["epoch"] == [0, 1, 2, 3]  # a completed run is not retrained
 
 
