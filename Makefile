@@ -16,8 +16,9 @@ run: check-profile $(STAMP)
 # Two pytest workers: run serially, the fast tests kept 1.15 of the 2 cores busy (graph tracing,
 # kernel start-ups and file writes are single-threaded), so a second worker uses the rest.
 # --dist loadfile runs a file's tests in order on one worker: tests that share outputs (a
-# course pass, the own-dataset chain) live in one file.
-XDIST := -n 2 --dist loadfile
+# course pass, the own-dataset chain) live in one file. --no-loadscope-reorder keeps the
+# collection order, slowest files first (tests/conftest.py), instead of most tests first.
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest $(XDIST)

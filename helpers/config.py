@@ -40,10 +40,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "val_steps": 2,
         "learning_rate": 1e-3,
         "loss": "dice+ce",
-        "large_shape": (96, 96, 96),
+        "large_shape": (64, 64, 80),  # 1.25 MB: eight 48^3 output chunks meeting at one corner
         "large_chunk": 48,
         "large_overlap": 0.5,
-        "memory_budget_mb": 2,
+        "memory_budget_mb": 1,
     },
     "cpu": {
         "sandstone_shape": (160, 128, 128),

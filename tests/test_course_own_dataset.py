@@ -64,6 +64,20 @@ def test_zero_code_scores_every_test_case_and_segments_every_new_scan(own_datase
     )  # 06 went through the same code path
 
 
+def predict_in_process(capsys, *args) -> tuple[int, str, str]:
+    """``python -m helpers.predict ARGS`` in this process (its TensorFlow is already imported;
+    the zero-code test above runs the real command): exit code, stdout, stderr."""
+    from helpers.predict import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit:  # argparse's usage errors
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def mixed_size_dicom(folder):
     """A DICOM series whose middle slice has another size (numpy's stack once ended the batch)."""
     import pydicom
@@ -78,33 +92,18 @@ def mixed_size_dicom(folder):
     return folder
 
 
-def test_predict_reports_a_corrupt_scan_and_still_segments_the_good_one(own_dataset, tmp_path):
+def test_predict_reports_a_corrupt_scan_and_still_segments_the_good_one(own_dataset, tmp_path, capsys):
     run_dir = next((own_dataset["out"] / "runs").glob("SandstoneCores-quick-*"))
     good = own_dataset["root"] / "imagesTs" / "core90_0000.nii.gz"
     bad = tmp_path / "broken_0000.nii.gz"
     bad.write_bytes(good.read_bytes()[:500])
     mixed = mixed_size_dicom(tmp_path / "mixed")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "helpers.predict",
-            str(run_dir),
-            str(bad),
-            str(mixed),
-            str(good),
-            "-o",
-            str(tmp_path / "o"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 1
-    assert str(bad) in done.stderr and "corrupt" in done.stderr
-    assert str(mixed) in done.stderr and "mixes image sizes" in done.stderr
+    code, out, err = predict_in_process(capsys, run_dir, bad, mixed, good, "-o", tmp_path / "o")
+    assert code == 1
+    assert str(bad) in err and "corrupt" in err
+    assert str(mixed) in err and "mixes image sizes" in err
     assert (tmp_path / "o" / "core90_seg.nii.gz").exists()
-    assert "1 of 3 scans segmented" in done.stdout
+    assert "1 of 3 scans segmented" in out
 
 
 def test_predict_refuses_colliding_outputs_and_unknown_classes_before_running(own_dataset, tmp_path):
@@ -130,25 +129,19 @@ def test_predict_refuses_colliding_outputs_and_unknown_classes_before_running(ow
     assert not list((tmp_path / "o").glob("*"))
 
 
-def test_predict_with_mirroring_and_largest_component(own_dataset, tmp_path):
+def test_predict_with_mirroring_and_largest_component(own_dataset, tmp_path, capsys):
     from scipy import ndimage
 
     from helpers.io import load_volume
 
     run_dir = next((own_dataset["out"] / "runs").glob("SandstoneCores-quick-*"))
     good = own_dataset["root"] / "imagesTs" / "core90_0000.nii.gz"
-    args = [sys.executable, "-m", "helpers.predict", str(run_dir), str(good), "-o"]
-    done = subprocess.run(
-        [*args, str(tmp_path / "o"), "--tta", "mirror", "--keep-largest", "1,2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    code, _, err = predict_in_process(
+        capsys, run_dir, good, "-o", tmp_path / "o", "--tta", "mirror", "--keep-largest", "1,2"
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert code == 0, err[-2000:]
     seg = load_volume(tmp_path / "o" / "core90_seg.nii.gz").array
     for c in (1, 2):
         assert ndimage.label(seg == c)[1] <= 1
-    bad = subprocess.run(
-        [*args, str(tmp_path / "x"), "--keep-largest", "pore"], capture_output=True, text=True
-    )
-    assert bad.returncode == 2 and "--keep-largest" in bad.stderr
+    code, _, err = predict_in_process(capsys, run_dir, good, "-o", tmp_path / "x", "--keep-largest", "pore")
+    assert code == 2 and "--keep-largest" in err
