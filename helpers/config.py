@@ -104,6 +104,52 @@ def gpu_visible() -> bool:
     return out.returncode == 0 and "GPU" in out.stdout
 
 
+#: CPU flags (Linux ``/proc/cpuinfo`` names) of native bfloat16 matrix arithmetic: Intel AMX and
+#: AVX-512 BF16 (Sapphire Rapids and later, AMD Zen 4 and later). Without them bfloat16 is emulated.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def cpu_flags(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (``avx2``, ``amx_bf16``, ...); empty elsewhere."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def choose_precision(gpus: int, flags: frozenset[str] | set[str]) -> tuple[str, str]:
+    """The dtype policy ``set_precision("auto")`` picks, and why, in words.
+
+    ``mixed_float16`` with a GPU; ``mixed_bfloat16`` on a CPU with native bfloat16
+    arithmetic (:data:`BF16_CPU_FLAGS`); ``float32`` otherwise (TensorFlow's CPU build
+    has no float16 MaxPool3D, and emulated bfloat16 is slower than float32).
+
+    Example
+    -------
+    >>> choose_precision(0, {"avx2", "amx_bf16"})
+    ('mixed_bfloat16', 'the CPU has amx_bf16 (native bfloat16)')
+    >>> choose_precision(0, {"avx2"})[0]
+    'float32'
+    """
+    if gpus > 0:
+        return "mixed_float16", f"{gpus} GPU(s) visible"
+    native = [f for f in BF16_CPU_FLAGS if f in flags]
+    if native:
+        return "mixed_bfloat16", f"the CPU has {' and '.join(native)} (native bfloat16)"
+    return "float32", "no GPU, and the CPU has neither AMX nor AVX-512 BF16"
+
+
+def precision_reason(policy: str) -> str:
+    """Why ``policy`` was used on this machine, in words (for ``training.json`` and the summary)."""
+    auto, why = choose_precision(1 if gpu_visible() else 0, cpu_flags())
+    return f"auto: {why}" if policy == auto else "set explicitly"
+
+
 def resolve_profile_name(name: str) -> str:
     """Map ``auto`` to ``full`` with a GPU and ``cpu`` without; validate other names."""
     if name == "auto":

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from helpers.config import DATASETS, get_params, model_params
+from helpers.config import DATASETS, get_params, model_params, precision_reason
 from helpers.datasets import Dataset, open_dataset
 from helpers.results import write_json
 
@@ -150,6 +150,7 @@ def train_from_params(
     train_data, val_data = make_samplers(ds, {**params, "batch_size": batch}, patch)
     record = {
         "precision": precision,
+        "precision_reason": precision_reason(precision),
         "replicas": replicas(),
         "profile": params["profile"],
         "patch_size": list(patch),

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
-from helpers.config import LOSSES  # noqa: E402
+from helpers.config import LOSSES, POLICIES, choose_precision, cpu_flags  # noqa: E402
 from helpers.patches import as_patch_shape  # noqa: E402
 
 
@@ -48,14 +48,21 @@ def gpu_count() -> int:
 
 
 def set_precision(mixed: bool | str = "auto") -> str:
-    """Set the global dtype policy and return its name.
+    """Set the global dtype policy and return its name. Call it before building the model.
 
-    ``"auto"`` picks ``mixed_float16`` when a GPU is visible and ``float32``
-    otherwise: on the CPU, TensorFlow has no float16 MaxPool3D and nothing is gained.
-    Call it before building the model.
+    ``"auto"`` follows :func:`helpers.config.choose_precision` for this machine (the GPUs
+    Keras sees, the CPU's flags); a policy name (:data:`helpers.config.POLICIES`) sets it;
+    True means ``mixed_float16`` and False ``float32``. The U-Net's softmax head, and so
+    the loss, stay float32 under every policy.
     """
-    use = gpu_count() > 0 if mixed == "auto" else bool(mixed)
-    name = "mixed_float16" if use else "float32"
+    if mixed == "auto":
+        name = choose_precision(gpu_count(), cpu_flags())[0]
+    elif isinstance(mixed, bool):
+        name = "mixed_float16" if mixed else "float32"
+    elif mixed in POLICIES:
+        name = mixed
+    else:
+        raise ValueError(f"mixed must be 'auto', True, False or one of {POLICIES}, got {mixed!r}")
     keras.mixed_precision.set_global_policy(name)
     return name
 

@@ -102,7 +102,8 @@ def write_summary(out: Path, profile: str, timings: Sequence[tuple[str, str, flo
         if tr:
             lines += [
                 f"Training ({dataset}): {tr.get('epochs_run')} epochs in {tr.get('seconds', 0):.0f} s, "
-                f"{tr.get('seconds_per_epoch', 0):.1f} s/epoch, precision {tr.get('precision')}.",
+                f"{tr.get('seconds_per_epoch', 0):.1f} s/epoch, precision {tr.get('precision')}"
+                + (f" ({tr['precision_reason']})." if tr.get("precision_reason") else "."),
                 "",
             ]
         inf = data.get("inference")

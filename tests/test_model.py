@@ -49,6 +49,67 @@ def test_output_head_is_float32_under_mixed_precision():
     assert core.output.dtype == "float16"  # the library's own last layer would be float16
 
 
+# ------------------------------------------------------- issue 22: bfloat16 on CPUs that have it
+
+CPUINFO = "processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu sse2 avx2 {extra}\n\nprocessor\t: 1\n"
+
+
+@pytest.mark.parametrize(
+    ("vendor", "extra", "policy"),
+    [
+        ("GenuineIntel", "avx512f avx512_bf16 amx_bf16 amx_tile", "mixed_bfloat16"),  # Sapphire Rapids
+        ("AuthenticAMD", "avx512f avx512_bf16", "mixed_bfloat16"),  # Zen 4
+        ("AuthenticAMD", "fma", "float32"),  # Zen 3, this course's CI machine
+        ("GenuineIntel", "avx512f avx512_vnni", "float32"),  # Cascade Lake: AVX-512 without BF16
+    ],
+)
+def test_auto_precision_reads_the_cpu_flags(tmp_path, monkeypatch, vendor, extra, policy):
+    from helpers import model as model_module
+    from helpers.config import choose_precision, cpu_flags
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO.format(vendor=vendor, extra=extra))
+    flags = cpu_flags(cpuinfo)
+    assert "avx2" in flags and choose_precision(0, flags)[0] == policy
+    assert choose_precision(1, flags)[0] == "mixed_float16"  # a GPU wins
+    assert cpu_flags(tmp_path / "missing") == frozenset()  # macOS, Windows: float32
+    monkeypatch.setattr(model_module, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(model_module, "gpu_count", lambda: 0)
+    try:
+        assert model_module.set_precision("auto") == policy
+        assert keras.mixed_precision.global_policy().name == policy
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_under_bfloat16_the_head_the_loss_and_the_metrics_stay_float32():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_unet(3, patch_size=32)
+        x = np.random.default_rng(0).normal(size=(1, 32, 32, 32, 1)).astype(np.float32)
+        y = np.eye(3, dtype=np.float32)[np.random.default_rng(1).integers(0, 3, (1, 32, 32, 32))]
+        pred = model(x)
+        loss = SegmentationLoss("dice+ce")(y, pred)
+        metric = iou_metrics(3)[0]
+        metric.update_state(y, pred)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.layers[-2].output.dtype == "bfloat16" and pred.dtype == "float32"
+    assert loss.dtype == "float32" and np.isfinite(float(loss)) and 0 <= float(metric.result()) <= 1
+
+
+def test_a_policy_is_named_or_refused():
+    from helpers.model import set_precision
+
+    try:
+        assert set_precision("mixed_bfloat16") == "mixed_bfloat16"
+        assert set_precision(False) == "float32"
+        with pytest.raises(ValueError, match="mixed must be"):
+            set_precision("bf16")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def test_batchnorm_momentum_is_set():
     model = build_unet(2, patch_size=32, bn_momentum=0.8)
     bns = [la for la in model.layers[-2].layers if isinstance(la, keras.layers.BatchNormalization)]
