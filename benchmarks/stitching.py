@@ -15,7 +15,10 @@ all measured in the same run:
 (d) peak resident memory above the input, as a multiple of the input's bytes, for
     ``output="labels"`` and ``"probabilities"``, at 384^3 and 256^3;
 (e) the patchify -> model -> unpatchify route (no blending: unpatchify keeps only the
-    non-overlapping patches).
+    non-overlapping patches);
+(f) with ``--monai-python PY`` (an interpreter with torch and monai, not course
+    dependencies), MONAI's ``sliding_window_inference`` on the same volume and settings
+    (Gaussian, sigma = patch/8, a channel-first identity-like model on a CPU tensor).
 
 Each measurement runs in a fresh process; the peak is the kernel's high-water mark
 (VmHWM, reset through /proc/self/clear_refs after the input is built).
@@ -110,6 +113,21 @@ def run_patchify(vol: np.ndarray, output: str) -> None:
         probs.argmax(-1).astype(np.uint8)
 
 
+def run_monai(vol: np.ndarray, output: str) -> None:
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    def net(batch: torch.Tensor) -> torch.Tensor:
+        return batch.expand(-1, CLASSES, -1, -1, -1)
+
+    with torch.no_grad():
+        probs = sliding_window_inference(
+            torch.from_numpy(vol)[None, None], (PATCH,) * 3, BATCH, net, overlap=OVERLAP, mode="gaussian"
+        )
+        if output == "labels":
+            probs.argmax(1).to(torch.uint8)
+
+
 def worker(mode: str, n: int, output: str) -> dict:
     vol = make_volume(n)
     fn = {
@@ -117,6 +135,7 @@ def worker(mode: str, n: int, output: str) -> dict:
         "frozen": lambda: run_frozen(vol, output),
         "floor": lambda: run_floor(vol),
         "patchify": lambda: run_patchify(vol, output),
+        "monai": lambda: run_monai(vol, output),
     }[mode]
     rss0 = _status_kb("VmRSS")
     _reset_peak()
@@ -133,11 +152,11 @@ def worker(mode: str, n: int, output: str) -> dict:
     }
 
 
-def measure(mode: str, n: int, output: str = "probabilities", repeats: int = 1) -> dict:
+def measure(mode: str, n: int, output: str = "probabilities", repeats: int = 1, python: str = "") -> dict:
     best = None
     for _ in range(repeats):
         out = subprocess.run(
-            [sys.executable, __file__, "--worker", mode, str(n), output],
+            [python or sys.executable, __file__, "--worker", mode, str(n), output],
             capture_output=True,
             text=True,
             check=True,
@@ -152,6 +171,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", nargs=3, metavar=("MODE", "N", "OUTPUT"))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--monai-python", default="", help="an interpreter with torch and monai: adds MONAI")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[384, 256], help="volume edges (voxels)")
     args = parser.parse_args()
     if args.worker:
         mode, n, output = args.worker
@@ -166,13 +187,16 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}")
     print(f"patch {PATCH}^3, overlap {OVERLAP}, {CLASSES} classes, batch {BATCH}, identity-like model\n")
     rows = []
-    for n in (384, 256):
+    monai = {}
+    for n in args.sizes:
         windows = len(sliding_windows((n, n, n), PATCH, OVERLAP))
         floor = measure("floor", n, repeats=args.repeats)
         for output in ("probabilities", "labels"):
             new = measure("predict", n, output, repeats=args.repeats)
             old = measure("frozen", n, output, repeats=args.repeats)
             pf = measure("patchify", n, output, repeats=1)
+            if args.monai_python:
+                monai[n, output] = measure("monai", n, output, args.repeats, args.monai_python)
             rows.append((n, windows, output, new, old, floor, pf))
     head = (
         f"{'volume':>7s} {'windows':>7s} {'output':>13s} | {'Mvox/s':>7s} {'speed-up':>8s} {'vs floor':>8s} "
@@ -192,6 +216,17 @@ def main() -> None:
     print("vs floor: predict_volume time / one-thread channel-first weighted adds (precomputed prediction)")
     print("mem/input: peak RSS above the input / input bytes (target: labels <= 1.5 at 384³)")
     print("patchify: patchify -> model -> unpatchify per class (non-overlapping patches kept, no blending)")
+    if monai:
+        print("\nMONAI's sliding_window_inference, same volumes and settings, best of the repeats:\n")
+        print("| volume | output | predict_volume s | MONAI s | MONAI / ours | mem/input: ours | MONAI |")
+        print("|---|---|---|---|---|---|---|")
+        for n, _, output, new, *_ in rows:
+            m = monai[n, output]
+            ratio = m["seconds"] / new["seconds"]
+            print(
+                f"| {n}³ | {output} | {new['seconds']:.2f} | {m['seconds']:.2f} | {ratio:.2f} | "
+                f"{new['extra_over_input']:.2f} | {m['extra_over_input']:.2f} |"
+            )
 
 
 if __name__ == "__main__":

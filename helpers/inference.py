@@ -207,12 +207,15 @@ class _Stitcher:
         self.fixed_bands = [(int(cuts[t]), int(cuts[t + 1])) for t in range(self.threads)]
         self.tmp = [np.empty(patch, np.float32) for _ in range(self.threads)]
         self.pool = ThreadPoolExecutor(self.threads - 1) if self.threads > 1 else None
+        # Probabilities of our own are kept channel-first, as the sums are, so each class plane
+        # is written contiguously; finish() returns the channel-last view (no copy).
+        self.channel_first = out is None and output == "probabilities"
         if out is not None:
             self.result = out
         elif output == "labels":
             self.result = np.zeros(kept, dtype=np.uint8 if n_classes <= 256 else np.int32)
         else:
-            self.result = np.zeros((*kept, n_classes), dtype=np.float32)
+            self.result = np.zeros((n_classes, *kept), dtype=np.float32)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -334,7 +337,10 @@ class _Stitcher:
             else:
                 spatial, finalise = (b - a, *plane), self._labels
             rows = slice(a - self.crop[0].start, b - self.crop[0].start)
-            target = self.result[rows] if direct else np.empty(spatial, self.result.dtype)
+            if self.channel_first:
+                target = self.result[:, rows]
+            else:
+                target = self.result[rows] if direct else np.empty(spatial, self.result.dtype)
             first = ring.start + a - z0
             bounds = np.linspace(0, b - a, self.threads + 1).astype(int)
             self._parallel(lambda t: finalise(first, target, range(bounds[t], bounds[t + 1])))
@@ -345,17 +351,19 @@ class _Stitcher:
             self.wsum[ring] = 0
 
     def _probabilities(self, first: int, target: np.ndarray, slices: Sequence[int]) -> None:
-        """Divide by the summed weights into (Z, Y, X, C), slice by slice so each write stays in cache.
+        """Divide by the summed weights, slice by slice so each write stays in cache.
 
-        ``target[j]`` is ring slice ``first + j``, cropped to ``self.yx``.
+        ``target`` is (C, Z, Y, X) when ``self.channel_first``, else (Z, Y, X, C); its
+        slice ``j`` is ring slice ``first + j``, cropped to ``self.yx``.
         """
         for j in slices:
             z = first + j
             for c in range(self.n_classes):
+                dest = target[c, j] if self.channel_first else target[j, ..., c]
                 if self.wsum is None:
-                    target[j, ..., c] = self.acc[(c, z, *self.yx)]
+                    dest[...] = self.acc[(c, z, *self.yx)]
                 else:
-                    np.divide(self.acc[(c, z, *self.yx)], self.wsum[(z, *self.yx)], out=target[j, ..., c])
+                    np.divide(self.acc[(c, z, *self.yx)], self.wsum[(z, *self.yx)], out=dest)
 
     def _labels(self, first: int, target: np.ndarray, slices: Sequence[int]) -> None:
         """Argmax over classes (the first of equal scores wins, as np.argmax) slice by slice."""
@@ -377,7 +385,7 @@ class _Stitcher:
 
     def finish(self) -> Any:
         self.finalise(self.shape[0])
-        return self.result
+        return np.moveaxis(self.result, 0, -1) if self.channel_first else self.result
 
 
 class _Source:
@@ -536,6 +544,9 @@ def predict_volume(
     output : {"probabilities", "labels"}
         float32 (Z, Y, X, n_classes) blended model outputs, or the (Z, Y, X) uint8
         argmax (threshold 0.5 for a single output channel), computed slab by slab.
+        Without ``out=``, probabilities are a channel-last view of a channel-first
+        (n_classes, Z, Y, X) array (``np.moveaxis``): each class is one contiguous block,
+        as nnU-Net and MONAI keep them; ``np.ascontiguousarray`` gives a channel-last copy.
     progress : bool
         Show a tqdm progress bar.
     tta : None or "mirror"
