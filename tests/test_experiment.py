@@ -10,8 +10,20 @@ from helpers.experiment import MODEL_INFO, prepare, train_from_params
 from helpers.runs import RunFolderError
 
 
+def small_unet_stand_in(n_classes, patch_size, in_channels=1):
+    """A two-layer model with the U-Net's inputs and outputs: this test is about the run folder."""
+    import keras
+
+    inputs = keras.Input((*patch_size, in_channels))
+    x = keras.layers.Conv3D(4, 3, padding="same", activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Conv3D(n_classes, 1, activation="softmax", dtype="float32")(x))
+
+
 @pytest.mark.slow
-def test_changing_a_knob_never_reuses_the_old_model(tmp_path):
+def test_changing_a_knob_never_reuses_the_old_model(tmp_path, monkeypatch):
+    import helpers.model
+
+    monkeypatch.setattr(helpers.model, "build_unet", small_unet_stand_in)
     first = get_params("quick", "sandstone", output_dir=str(tmp_path), epochs=1, steps_per_epoch=1)
     train_from_params(first, verbose=0)
     info = json.loads((tmp_path / first["run_dir"] / MODEL_INFO).read_text())
