@@ -33,10 +33,11 @@ EPOCHS = 5
 SLOW_WRITE = "0.3"
 
 
-def start(run_dir: Path) -> subprocess.Popen:
+def start(*run_dirs: Path) -> subprocess.Popen:
+    """One worker process that trains (or resumes) each of ``run_dirs`` in turn."""
     env = {**os.environ, SLOW_WRITE_ENV: SLOW_WRITE, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, str(WORKER), str(run_dir), str(EPOCHS)],
+        [sys.executable, str(WORKER), str(EPOCHS), *map(str, run_dirs)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -50,10 +51,25 @@ def wait_ready(proc: subprocess.Popen) -> None:
     assert line.strip() == "READY", line + proc.stderr.read()
 
 
-def finish(proc: subprocess.Popen) -> list[int]:
-    out, err = proc.communicate(timeout=180)
+def finish_all(proc: subprocess.Popen, runs: int = 1) -> list[list[int]]:
+    """Wait for a worker of ``runs`` run folders to end well; the epochs it started in each.
+
+    (Lines are tagged with their folder: ``communicate`` does not see what ``wait_ready``'s
+    ``readline`` buffered after READY.)
+    """
+    out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    return [int(line.split()[1]) for line in out.splitlines() if line.startswith("STARTED")]
+    started: list[list[int]] = [[] for _ in range(runs)]
+    for line in out.splitlines():
+        if line.startswith("STARTED"):
+            run, epoch = map(int, line.split()[1:])
+            started[run].append(epoch)
+    return started
+
+
+def finish(proc: subprocess.Popen) -> list[int]:
+    (started,) = finish_all(proc)
+    return started
 
 
 def check_finished_run(run_dir: Path) -> None:
@@ -76,30 +92,36 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
 
     rng = np.random.default_rng(15)
     moments = np.sort(rng.uniform(0.0, duration, 10))
+    runs = [tmp_path / f"kill{i}" for i in range(10)]
     with ThreadPoolExecutor(max_workers=2) as pool:  # two at a time: the machine has 2 cores
-        results = list(pool.map(kill_then_resume, [tmp_path / f"kill{i}" for i in range(10)], moments))
-    for i, (done, logged, _torn, started) in enumerate(results):
+        killed = list(pool.map(kill, runs, moments))
+    # two fresh processes resume the killed runs, each half of them in turn; then kill0 again
+    evens, odds = start(*runs[0::2], runs[0]), start(*runs[1::2])
+    *even, again = finish_all(evens, len(runs[0::2]) + 1)
+    odd = finish_all(odds, len(runs[1::2]))
+    assert again == []  # a finished run is never retrained
+    resumed = [started for pair in zip(even, odd, strict=True) for started in pair]
+    for i, ((done, logged, _torn), started) in enumerate(zip(killed, resumed, strict=True)):
         # a resume starts at the last state commit, at most STATE_EVERY - 1 logged epochs back,
         # and a run whose last epoch was logged is finished, not retrained
         assert 0 <= logged - done < STATE_EVERY, (moments[i], done, logged)
         expected = [] if logged >= EPOCHS else list(range(done, EPOCHS))
         assert started == expected, (moments[i], done, logged, started)
-        check_finished_run(tmp_path / f"kill{i}")
-    assert finish(start(tmp_path / "kill0")) == []  # a finished run is never retrained
-    seen = [r[1] for r in results]
+        check_finished_run(runs[i])
+    seen = [k[1] for k in killed]
     print(
         f"kills at {np.round(moments, 2)} s of {duration:.2f} s: epochs logged {seen}, "
-        f"resumed from {[r[0] for r in results]}, inside a write {[r[2] for r in results]}"
+        f"resumed from {[k[0] for k in killed]}, inside a write {[k[2] for k in killed]}"
     )
     assert len(set(seen)) >= 3, seen  # the kills really were spread over the run
-    assert sum(r[2] for r in results) >= 2, results  # and some landed inside a write
+    assert sum(k[2] for k in killed) >= 2, killed  # and some landed inside a write
 
 
-def kill_then_resume(run_dir: Path, moment: float) -> tuple[int, int, bool, list[int]]:
-    """SIGKILL a training ``moment`` s after it is ready, then resume it to the end.
+def kill(run_dir: Path, moment: float) -> tuple[int, int, bool]:
+    """SIGKILL a training ``moment`` s after it is ready.
 
     Returns (epochs saved for good at the kill, epochs logged, whether the kill left a
-    temporary file, epochs the resume started).
+    temporary file).
     """
     proc = start(run_dir)
     wait_ready(proc)
@@ -109,7 +131,7 @@ def kill_then_resume(run_dir: Path, moment: float) -> tuple[int, int, bool, list
     done, torn = committed_epochs(run_dir), bool(leftover_temporaries(run_dir))
     newest = latest_commit(run_dir)
     logged = EPOCHS if read_complete(run_dir) else newest.epochs_done if newest else 0
-    return done, logged, torn, finish(start(run_dir))
+    return done, logged, torn
 
 
 @pytest.mark.slow
