@@ -1,4 +1,5 @@
-"""Shared by the course-pass test files: execute a notebook with papermill and check every cell ran.
+"""Shared by the course-pass test files: execute a notebook with papermill and check every cell ran;
+run the predict command in process.
 
 The passes live in separate files so that ``make test``'s two pytest-xdist workers
 (``--dist loadfile``) can run them side by side, each file's tests in order on one worker.
@@ -30,3 +31,18 @@ def run_clean(name: str, params: dict[str, Any], target: Path, resume_demo: bool
     assert outputs and not [o for o in outputs if o.get("output_type") == "error"]
     assert not [o for o in outputs if "Traceback" in o.get("text", "")]
     return seconds
+
+
+def predict_in_process(capsys, *args) -> tuple[int, str, str]:
+    """``python -m helpers.predict ARGS`` in this process, without a new interpreter and its
+    TensorFlow import (``test_course_own_dataset``'s zero-code test runs the real command):
+    exit code, stdout, stderr."""
+    from helpers.predict import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit:  # argparse's usage errors
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

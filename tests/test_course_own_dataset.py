@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from course_checks import run_clean
+from course_checks import predict_in_process, run_clean
 
 pytestmark = pytest.mark.notebooks
 
@@ -62,20 +62,6 @@ def test_zero_code_scores_every_test_case_and_segments_every_new_scan(own_datase
     assert sorted(p.name for p in (out / "predictions").glob("*_seg.nii.gz")) == sorted(
         p.name for p in target.glob("*_seg.nii.gz")
     )  # 06 went through the same code path
-
-
-def predict_in_process(capsys, *args) -> tuple[int, str, str]:
-    """``python -m helpers.predict ARGS`` in this process (its TensorFlow is already imported;
-    the zero-code test above runs the real command): exit code, stdout, stderr."""
-    from helpers.predict import main
-
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit:  # argparse's usage errors
-        code = exit.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def mixed_size_dicom(folder):
