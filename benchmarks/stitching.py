@@ -118,7 +118,7 @@ def run_monai(vol: np.ndarray, output: str) -> None:
     from monai.inferers import sliding_window_inference
 
     def net(batch: torch.Tensor) -> torch.Tensor:
-        return batch.expand(-1, CLASSES, -1, -1, -1)
+        return batch.repeat(1, CLASSES, 1, 1, 1)  # MONAI scales the output in place: a real tensor
 
     with torch.no_grad():
         probs = sliding_window_inference(

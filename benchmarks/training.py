@@ -1,6 +1,6 @@
 """Where a training epoch goes: the course's ``model.fit`` against the training step alone.
 
-Run: ``.venv/bin/python benchmarks/training.py`` (about 4 minutes on 2 cores with the
+Run: ``.venv/bin/python benchmarks/training.py`` (9 minutes on 2 cores with the
 cpu profile: 25 steps of 8 patches of 32³ on the sandstone, 4 validation batches).
 
 One process, one compiled U-Net, three ways to spend an epoch's 25 steps:
