@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from helpers.config import DATASETS, get_params, model_params, precision_reason
+from helpers.config import DATASETS, get_params, model_params
 from helpers.datasets import Dataset, open_dataset
 from helpers.results import write_json
 
@@ -137,7 +137,7 @@ def train_from_params(
     (:func:`helpers.training.training_run`). Returns the history from ``log.csv``.
     Writes ``model.json`` first (:func:`start_run`).
     """
-    from helpers.model import build_unet, replicas, set_precision, strategy_scope
+    from helpers.model import build_unet, precision_reason, replicas, set_precision, strategy_scope
     from helpers.training import STATE_EVERY, train
 
     ds = prepare(params)

@@ -67,6 +67,12 @@ def set_precision(mixed: bool | str = "auto") -> str:
     return name
 
 
+def precision_reason(policy: str) -> str:
+    """Why ``policy`` is in use on this machine, in words (for ``training.json`` and the summary)."""
+    auto, why = choose_precision(gpu_count(), cpu_flags())
+    return f"auto: {why}" if policy == auto else "set explicitly"
+
+
 @functools.lru_cache(maxsize=1)
 def distribution_strategy() -> Any | None:
     """A ``tf.distribute.MirroredStrategy`` when TensorFlow sees more than one GPU, else None.
