@@ -38,8 +38,8 @@ check-profile:
 	@$(PYTHON) -m helpers.config --check $(PROFILE)
 
 # pip byte-compiles what it installs on one core (81 s of CPU for this stack); compileall -j 0
-# does it on all of them (49 s on 2 cores). Files that do not compile (Python 2 test data in some
-# packages) are skipped, as pip skips them.
+# does it on all of them (49 s on 2 cores). compileall exits non-zero if any file fails to
+# compile, which pip ignores; so does this (on the pinned stack and Python 3.11, none fails).
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml scripts/install-nodeps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

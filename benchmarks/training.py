@@ -76,21 +76,20 @@ def _timers():
     return EpochTimer, TimedCheckpoint
 
 
-def course_epochs(model, train_data, val_data, epochs: int, run_dir: Path) -> list[dict[str, float]]:
-    """Fit ``epochs`` epochs the course's way; per-epoch seconds by part."""
+def course_epochs(
+    model, train_data, val_data, epochs: int, run_dir: Path
+) -> tuple[list[dict[str, float]], float]:
+    """Fit ``epochs`` epochs the course's way: per-epoch seconds by part, and fit's total."""
     from helpers.training import RunCheckpoint, training_run
 
     EpochTimer, TimedCheckpoint = _timers()
     timer = EpochTimer()
     with training_run(run_dir, epochs) as run:
-        callbacks = []
         for cb in run.callbacks:
             if isinstance(cb, RunCheckpoint):
-                cb.__class__ = TimedCheckpoint
-                cb.timer = timer
-            callbacks.append(cb)
+                cb.__class__, cb.timer = TimedCheckpoint, timer
+        callbacks = [timer, *run.callbacks]
         t = time.perf_counter()
-        callbacks = [timer, *callbacks]
         model.fit(train_data, validation_data=val_data, epochs=epochs, callbacks=callbacks, verbose=0)
         total = time.perf_counter() - t
     return timer.epochs, total

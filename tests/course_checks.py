@@ -17,8 +17,8 @@ def run_clean(name: str, params: dict[str, Any], target: Path, resume_demo: bool
     """Execute notebook ``name`` with ``params`` into ``target``; assert that every cell ran
     without an error or a traceback. Returns the seconds it took.
 
-    ``resume_demo=False`` skips 04's interrupted-and-resumed demo (two more short
-    trainings), which the sandstone pass runs.
+    ``resume_demo=False`` skips 04's interrupted-and-resumed demo (two more short fits
+    of its model, with state commits), which the sandstone pass runs.
     """
     if name == "04_training" and not resume_demo:
         params = {**params, "resume_demo": False}

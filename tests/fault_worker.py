@@ -4,9 +4,9 @@
 model on a random phantom with :func:`helpers.training.train` in each run folder in turn
 (one process resumes many killed runs: TensorFlow's import is most of a start). It prints
 ``READY`` before training and ``STARTED i k`` at the start of epoch k in the i-th folder,
-flushed, so a test can kill it at a chosen moment and see which epochs a
-resume trains. The weights and optimizer
-state are saved every ``STATE_EVERY`` epochs, so a kill loses at most that many.
+flushed, so a test can kill it at a chosen moment and see which epochs a resume trains.
+The weights and optimizer state are saved every ``STATE_EVERY`` epochs, so a kill loses
+at most that many.
 """
 
 import os
