@@ -7,6 +7,15 @@ model on a random phantom with :func:`helpers.training.train` in each run folder
 flushed, so a test can kill it at a chosen moment and see which epochs a resume trains.
 The weights and optimizer state are saved every ``STATE_EVERY`` epochs, so a kill loses
 at most that many.
+
+``python tests/fault_worker.py --fork EPOCHS`` imports once, prints ``READY``, then reads
+``RUN_DIR [SLOW_WRITE_S]`` lines from stdin (``SLOW_WRITE_S``: see ``helpers.io.SLOW_WRITE_ENV``).
+For each it forks a child that trains in RUN_DIR and prints
+``PID pid``; on the next line of stdin it reaps the child and prints ``DONE wait-status``
+(until then a child that ended stays a zombie, so its PID cannot go to another process).
+A forked child needs no import of its own (9 of the 10 s a fresh process takes here), so
+the fault test can kill many trainings in little time; the child is a real process,
+killed without warning.
 """
 
 import os
@@ -17,7 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from helpers.sampling import PatchSampler
+from helpers.io import SLOW_WRITE_ENV  # noqa: E402
+from helpers.sampling import PatchSampler  # noqa: E402
 from helpers.training import train  # noqa: E402
 
 STATE_EVERY = 2
@@ -39,18 +49,53 @@ def tiny_model(n_classes: int = 3) -> keras.Model:
     return keras.Model(inputs, outputs)
 
 
-def main(epochs: int, run_dirs: list[str]) -> None:
+def samplers() -> tuple[PatchSampler, PatchSampler]:
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, (24, 24, 24)).astype(np.uint8)
     image = labels + rng.normal(0, 0.5, labels.shape).astype(np.float32)
     data = PatchSampler(image, labels, 16, 2, 2, n_classes=3, seed=0)
     val = PatchSampler(image, labels, 16, 2, 1, n_classes=3, augment=False, resample_each_epoch=False)
+    return data, val
+
+
+def train_one(epochs: int, run_dir: str, i: int = 0) -> None:
+    data, val = samplers()
+    report = [Report(i)]
+    train(tiny_model(), data, val, epochs, run_dir, callbacks=report, verbose=0, state_every=STATE_EVERY)
+
+
+def main(epochs: int, run_dirs: list[str]) -> None:
     print("READY", flush=True)
     for i, run_dir in enumerate(run_dirs):
-        report = [Report(i)]
-        train(tiny_model(), data, val, epochs, run_dir, callbacks=report, verbose=0, state_every=STATE_EVERY)
+        train_one(epochs, run_dir, i)
     print("FINISHED", flush=True)
 
 
+def fork_server(epochs: int) -> None:
+    print("READY", flush=True)
+    for line in sys.stdin:
+        run_dir, *slow = line.split()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.environ[SLOW_WRITE_ENV] = slow[0] if slow else "0"
+                train_one(epochs, run_dir)
+                code = 0
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            sys.stdout.flush()
+            os._exit(code)
+        print(f"PID {pid}", flush=True)
+        sys.stdin.readline()
+        _, status = os.waitpid(pid, 0)
+        print(f"DONE {status}", flush=True)
+
+
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2:])
+    if sys.argv[1] == "--fork":
+        fork_server(int(sys.argv[2]))
+    else:
+        main(int(sys.argv[1]), sys.argv[2:])

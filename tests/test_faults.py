@@ -80,58 +80,112 @@ def check_finished_run(run_dir: Path) -> None:
     assert not (run_dir / "backup").exists()
 
 
+def fork_server() -> subprocess.Popen:
+    """A worker that forks one training per request (``fault_worker.fork_server``)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), "--fork", str(EPOCHS)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def forked(
+    server: subprocess.Popen, run_dir: Path, kill_at: tuple[int, float] | None = None, slow: bool = True
+) -> tuple[list[int], list[float], int]:
+    """Train in ``run_dir`` in a child forked by ``server``; with ``kill_at=(k, s)``, SIGKILL
+    it ``s`` seconds after it starts epoch k. Every write sleeps ``SLOW_WRITE`` s before its
+    rename if ``slow``. Returns the epochs it started, when (seconds after the fork, with the
+    end of the run last) and the child's wait status."""
+    server.stdin.write(f"{run_dir} {SLOW_WRITE if slow else 0}\n")
+    server.stdin.flush()
+    started, times, t0, pid = [], [], time.perf_counter(), None
+    while line := server.stdout.readline():
+        word, *rest = line.split() or [""]
+        value = int(rest[-1]) if word in ("PID", "STARTED", "DONE") else None
+        if word == "PID":
+            pid = value
+            if not kill_at:
+                server.stdin.write("reap\n")
+                server.stdin.flush()
+        elif word == "STARTED":
+            started.append(value)
+            times.append(time.perf_counter() - t0)
+            if kill_at and value == kill_at[0]:
+                time.sleep(kill_at[1])
+                os.kill(pid, signal.SIGKILL)  # unreaped till "reap": a zombie if it has ended
+                server.stdin.write("reap\n")
+                server.stdin.flush()
+        elif word == "DONE":
+            return started, [*times, time.perf_counter() - t0], value
+    raise AssertionError(f"the fork server ended: {server.stderr.read()[-3000:]}")
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume(tmp_path):
-    # two references side by side, as the kills run: their duration sets the kill moments, so
-    # the moments spread over a run even when other tests slow the machine down
+    servers = [fork_server(), fork_server()]  # two at a time: the machine has 2 cores
+    for server in servers:
+        wait_ready(server)
+    # two references side by side, as the kills run: how long each epoch takes, from its start
+    # to the next (the last to the end of the run), sets the kill moments; each kill lands at a
+    # random fraction of its epoch, two per epoch, so the kills spread over a run however
+    # much other tests slow the machine down
     references = [tmp_path / "reference0", tmp_path / "reference1"]
-    procs = [start(r) for r in references]
-    for proc in procs:
-        wait_ready(proc)
-    t0 = time.perf_counter()
-    assert [finish(proc) for proc in procs] == [list(range(EPOCHS))] * 2
-    duration = time.perf_counter() - t0
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = list(pool.map(forked, servers, references))
+    assert [(started, status) for started, _, status in done] == [(list(range(EPOCHS)), 0)] * 2
+    epoch_seconds = np.max([np.diff(times) for _, times, _ in done], axis=0)
     for reference in references:
         check_finished_run(reference)
 
     rng = np.random.default_rng(15)
-    moments = np.sort(rng.uniform(0.0, duration, 10))
-    runs = [tmp_path / f"kill{i}" for i in range(10)]
-    with ThreadPoolExecutor(max_workers=2) as pool:  # two at a time: the machine has 2 cores
-        killed = list(pool.map(kill, runs, moments))
-    # two fresh processes resume the killed runs, each half of them in turn; then kill0 again
-    evens, odds = start(*runs[0::2], runs[0]), start(*runs[1::2])
-    *even, again = finish_all(evens, len(runs[0::2]) + 1)
-    odd = finish_all(odds, len(runs[1::2]))
-    assert again == []  # a finished run is never retrained
-    resumed = [started for pair in zip(even, odd, strict=True) for started in pair]
+    epochs = np.repeat(np.arange(EPOCHS), 2)
+    moments = rng.uniform(0.0, 1.0, len(epochs)) * epoch_seconds[epochs]
+    runs = [tmp_path / f"kill{i}" for i in range(len(epochs))]
+    at = list(zip(epochs, moments, strict=True))
+    with ThreadPoolExecutor(max_workers=2) as pool:  # each server kills one run per epoch, in turn
+        even, odd = pool.map(lambda k: list(map(kill, [servers[k]] * EPOCHS, runs[k::2], at[k::2])), (0, 1))
+    killed = [k for pair in zip(even, odd, strict=True) for k in pair]
+    # the same two servers resume the killed runs, each its half in turn, in new children
+    # that know only what the run folders hold, writing at full speed; then kill0 once more
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        even, odd = pool.map(lambda k: [forked(servers[k], run, slow=False) for run in runs[k::2]], (0, 1))
+    again = forked(servers[0], runs[0], slow=False)
+    for server in servers:
+        server.stdin.close()
+        assert server.wait(timeout=60) == 0, server.stderr.read()[-3000:]
+    assert (again[0], again[2]) == ([], 0)  # a finished run is never retrained
+    assert [status for *_, status in even + odd] == [0] * len(runs)
+    resumed = [started for pair in zip(even, odd, strict=True) for started, *_ in pair]
     for i, ((done, logged, _torn), started) in enumerate(zip(killed, resumed, strict=True)):
         # a resume starts at the last state commit, at most STATE_EVERY - 1 logged epochs back,
         # and a run whose last epoch was logged is finished, not retrained
-        assert 0 <= logged - done < STATE_EVERY, (moments[i], done, logged)
+        assert 0 <= logged - done < STATE_EVERY, (epochs[i], moments[i], done, logged)
         expected = [] if logged >= EPOCHS else list(range(done, EPOCHS))
-        assert started == expected, (moments[i], done, logged, started)
+        assert started == expected, (epochs[i], moments[i], done, logged, started)
         check_finished_run(runs[i])
     seen = [k[1] for k in killed]
     print(
-        f"kills at {np.round(moments, 2)} s of {duration:.2f} s: epochs logged {seen}, "
-        f"resumed from {[k[0] for k in killed]}, inside a write {[k[2] for k in killed]}"
+        f"kills {np.round(moments, 2)} s into epochs {epochs} of {np.round(epoch_seconds, 2)} s: "
+        f"epochs logged {seen}, resumed from {[k[0] for k in killed]}, "
+        f"inside a write {[k[2] for k in killed]}"
     )
     assert len(set(seen)) >= 3, seen  # the kills really were spread over the run
     assert sum(k[2] for k in killed) >= 2, killed  # and some landed inside a write
 
 
-def kill(run_dir: Path, moment: float) -> tuple[int, int, bool]:
-    """SIGKILL a training ``moment`` s after it is ready.
+def kill(server: subprocess.Popen, run_dir: Path, at: tuple[int, float]) -> tuple[int, int, bool]:
+    """Train in ``run_dir`` in a child of ``server`` and SIGKILL it ``at[1]`` s into epoch ``at[0]``.
 
     Returns (epochs saved for good at the kill, epochs logged, whether the kill left a
     temporary file).
     """
-    proc = start(run_dir)
-    wait_ready(proc)
-    time.sleep(moment)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    *_, status = forked(server, run_dir, at)
+    assert status == 0 or (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL), status
     done, torn = committed_epochs(run_dir), bool(leftover_temporaries(run_dir))
     newest = latest_commit(run_dir)
     logged = EPOCHS if read_complete(run_dir) else newest.epochs_done if newest else 0
