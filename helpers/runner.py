@@ -74,12 +74,20 @@ KERNEL_ENV = {
 }
 
 
+#: Kernel options: what C and C++ libraries write to the process's file descriptors goes to
+#: the kernel's own stderr (the log), not into cell outputs. TensorFlow 2.21 logs
+#: "oneDNN custom operations are on" and "Could not find cuda drivers" through absl at
+#: import whatever ``TF_CPP_MIN_LOG_LEVEL`` says; ipykernel would copy them into the notebook.
+KERNEL_ARGUMENTS = ["--IPKernelApp.capture_fd_output=False"]
+
+
 def _quiet_kernel_manager(log_path: Path) -> type:
     """A Jupyter kernel manager whose kernel process writes its own stderr to ``log_path``.
 
     What a kernel process prints outside any cell (the "Kernel is running over TCP
-    without encryption" notice, C++ library logs) then stays off the console; what
-    cells print is still captured in the executed notebook, and errors still stop the run.
+    without encryption" notice, C++ library logs) then stays off the console and out of
+    the executed notebook (:data:`KERNEL_ARGUMENTS`); what cells print with Python is still
+    captured in the executed notebook, and errors still stop the run.
     """
     from jupyter_client.manager import AsyncKernelManager
 
@@ -87,6 +95,11 @@ def _quiet_kernel_manager(log_path: Path) -> type:
         async def start_kernel(self, **kw: Any) -> None:
             with open(log_path, "ab") as log:
                 kw.setdefault("stderr", log)
+                kw["extra_arguments"] = [*kw.get("extra_arguments", []), *KERNEL_ARGUMENTS]
+                # ipykernel stops watching file descriptors under pytest; the tests' kernels
+                # run as `make run`'s do
+                env = kw.get("env", os.environ)
+                kw["env"] = {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}
                 await super().start_kernel(**kw)
 
     return QuietKernelManager

@@ -12,10 +12,13 @@ import nbformat
 
 from helpers.runner import execute_notebook
 
+#: What TensorFlow's C++ side logs at import; none of it may reach a student's notebook.
+TENSORFLOW_NOISE = ("absl", "oneDNN", "cuda drivers")
+
 
 def run_clean(name: str, params: dict[str, Any], target: Path, resume_demo: bool = True) -> float:
     """Execute notebook ``name`` with ``params`` into ``target``; assert that every cell ran
-    without an error or a traceback. Returns the seconds it took.
+    without an error, a traceback or TensorFlow's C++ log lines. Returns the seconds it took.
 
     ``resume_demo=False`` skips 04's interrupted-and-resumed demo (two more short fits
     of its model, with state commits), which the sandstone pass runs.
@@ -30,6 +33,8 @@ def run_clean(name: str, params: dict[str, Any], target: Path, resume_demo: bool
     outputs = [o for c in code for o in c.get("outputs", [])]
     assert outputs and not [o for o in outputs if o.get("output_type") == "error"]
     assert not [o for o in outputs if "Traceback" in o.get("text", "")]
+    noise = [o["text"] for o in outputs if any(n in o.get("text", "") for n in TENSORFLOW_NOISE)]
+    assert not noise, noise  # TensorFlow's C++ log stays in the kernel log (helpers.runner)
     return seconds
 
 
