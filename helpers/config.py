@@ -26,6 +26,43 @@ COURSE_REPO = "unet3d-course/unet3d-course"
 COURSE_URL = f"https://github.com/{COURSE_REPO}"
 OUTPUTS = REPO_ROOT / "outputs"
 
+#: Every library the notebooks and ``helpers`` import (distribution names; 00 prints their
+#: versions). ``requirements.txt`` (or ``requirements-nodeps.txt``) pins each, and Binder's
+#: ``binder/requirements.txt``, conda's ``environment.yml`` and the notebooks' Colab setup cell
+#: install each; ``tests/test_install_parity.py`` checks all of these against the imports.
+RUNTIME_PACKAGES = (
+    "numpy",
+    "tensorflow",
+    "keras",
+    "segmentation-models-3D",
+    "classification-models-3D",
+    "patchify",
+    "scipy",
+    "scikit-image",
+    "nibabel",
+    "pydicom",
+    "tifffile",
+    "nilearn",
+    "matplotlib",
+    "ipywidgets",
+    "tqdm",
+    "zarr",
+    "dask",
+    "distributed",
+    "papermill",
+)
+#: Of those, what Google Colab's image already holds; the Colab setup cell pip-installs the rest
+#: (and ``scripts/install-nodeps.sh`` the three of ``requirements-nodeps.txt``).
+COLAB_PREINSTALLED = (
+    "numpy",
+    "tensorflow",
+    "keras",
+    "scipy",
+    "scikit-image",
+    "matplotlib",
+    "ipywidgets",
+    "tqdm",
+)
 #: Parameters a notebook's ``parameters`` cell may set; None there means "take the profile's".
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
