@@ -3,6 +3,13 @@
 Plotting functions return a matplotlib Figure; :class:`SliceViewer` is an
 ipywidgets app with a slider per axis, an overlay opacity slider and a class
 legend. Volumes are (Z, Y, X) as everywhere in :mod:`helpers`.
+
+Slices are drawn as radiology reads them (:func:`display_slice`), for a volume on a RAS
+grid (the working grid of every dataset: x to the patient's right, y anterior, z superior):
+superior up in coronal and sagittal views, anterior up in axial views, the patient's right
+on the image's left in axial and coronal views and anterior on the left in sagittal ones.
+Each panel is labelled with those directions. imshow's default would draw a RAS array's
+coronal and sagittal views upside down.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ CLASS_COLOURS = ["#00000000", "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f582
 MASK_COLOUR = "#ff00ff"
 AXES = ("z", "y", "x")
 VIEW_NAMES = {"z": "axial (z)", "y": "coronal (y)", "x": "sagittal (x)"}
+#: The patient directions at the top, bottom, left and right of each view of a RAS volume.
+VIEW_DIRECTIONS = {"z": ("A", "P", "R", "L"), "y": ("S", "I", "R", "L"), "x": ("S", "I", "A", "P")}
 
 
 def label_cmap(n_classes: int) -> ListedColormap:
@@ -36,6 +45,38 @@ def take_slice(volume: np.ndarray, axis: str | int, index: int) -> np.ndarray:
     """The 2-D slice ``index`` across ``axis`` ("z", "y", "x" or 0, 1, 2) of a (Z, Y, X) volume."""
     ax = AXES.index(axis) if isinstance(axis, str) else int(axis)
     return np.take(volume, int(index), axis=ax)
+
+
+def display_slice(volume: Any, axis: str | int, index: int) -> np.ndarray:
+    """Slice ``index`` across ``axis`` of a (Z, Y, X) RAS volume, as radiology displays it:
+    row 0 is the top of the image and column 0 its left (draw it with imshow's default
+    ``origin="upper"``; :data:`VIEW_DIRECTIONS` names the sides).
+
+    A slice's rows run along the volume's first remaining axis (z, or y for an axial view)
+    and its columns along x (or y for a sagittal view), both towards superior, anterior or
+    right; reversing both puts superior or anterior at the top and the patient's right (or
+    anterior, sagittally) on the left. ``volume`` may be a zarr array: only the slice is read.
+
+    Example
+    -------
+    >>> v = np.zeros((4, 5, 6), np.uint8); v[3, 4, 5] = 1  # the most superior, anterior, right voxel
+    >>> [tuple(int(i) for i in np.argwhere(display_slice(v, a, i))[0]) for a, i in zip("zyx", (3, 4, 5))]
+    [(0, 0), (0, 0), (0, 0)]
+    """
+    ax = AXES.index(axis) if isinstance(axis, str) else int(axis)
+    where: list[Any] = [slice(None)] * 3
+    where[ax] = int(index)
+    return np.asarray(volume[tuple(where)])[::-1, ::-1]
+
+
+def label_directions(ax: plt.Axes, axis: str) -> None:
+    """Write the patient directions of view ``axis`` (:data:`VIEW_DIRECTIONS`) on its edges."""
+    style = {"color": "yellow", "fontsize": 9, "fontweight": "bold", "transform": ax.transAxes}
+    top, bottom, left, right = VIEW_DIRECTIONS[axis]
+    ax.text(0.5, 0.99, top, ha="center", va="top", **style)
+    ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **style)
+    ax.text(0.01, 0.5, left, ha="left", va="center", **style)
+    ax.text(0.99, 0.5, right, ha="right", va="center", **style)
 
 
 def legend_handles(class_names: Sequence[str]) -> list[Patch]:
@@ -51,15 +92,16 @@ def show_orthogonal(
     alpha: float = 0.4,
     title: str = "",
 ) -> plt.Figure:
-    """Three orthogonal slices through ``index`` (default: the centre), labels overlaid."""
+    """Axial, coronal and sagittal slices through ``index`` (default: the centre) of a (Z, Y, X)
+    RAS volume, drawn as radiology reads them (:func:`display_slice`), labels overlaid."""
     index = index or [s // 2 for s in image.shape[:3]]
     fig, axes = plt.subplots(1, 3, figsize=(12, 4))
     n_classes = int(labels.max()) + 1 if labels is not None else 0
     for ax, axis, i in zip(axes, AXES, index, strict=True):
-        ax.imshow(take_slice(image, axis, i), cmap="gray")
+        ax.imshow(display_slice(image, axis, i), cmap="gray")
         if labels is not None:
             ax.imshow(
-                take_slice(labels, axis, i),
+                display_slice(labels, axis, i),
                 cmap=label_cmap(n_classes),
                 alpha=alpha,
                 vmin=0,
@@ -68,6 +110,7 @@ def show_orthogonal(
             )
         ax.set_title(f"{VIEW_NAMES[axis]} = {i}")
         ax.axis("off")
+        label_directions(ax, axis)
     if labels is not None and class_names:
         fig.legend(handles=legend_handles(class_names), loc="lower center", ncol=len(class_names))
     fig.suptitle(title)
@@ -203,6 +246,9 @@ def savefig(fig: plt.Figure, name: str, output_dir: str | Path) -> Path:
 class SliceViewer:
     """Interactive viewer: grey image plus label panels, a slider per axis, opacity, legend.
 
+    Slices are drawn as radiology reads them, with the patient directions on each panel
+    (:func:`display_slice`).
+
     Parameters
     ----------
     image : (Z, Y, X) array
@@ -283,7 +329,7 @@ class SliceViewer:
     def _slices(self) -> list[np.ndarray]:
         a = self.axis.value
         i = self.sliders[a].value
-        return [take_slice(self.image, a, i)] + [take_slice(v, a, i) for v in self.overlays.values()]
+        return [display_slice(self.image, a, i)] + [display_slice(v, a, i) for v in self.overlays.values()]
 
     def _draw_static(self) -> None:
         slices = self._slices()
@@ -311,6 +357,7 @@ class SliceViewer:
         titles = ["image", *self.overlays]
         for ax, title in zip(self.axes, titles, strict=True):
             ax.set_title(title)
+            label_directions(ax, self.axis.value)
 
     def aspect(self) -> float:
         """Height / width of one displayed pixel for the current axis, from the voxel spacing."""

@@ -29,11 +29,11 @@ def test_slider_changes_the_displayed_slice(volume):
     image, labels = volume
     viewer = SliceViewer(image, {"labels": labels}, class_names=("a", "b", "c"))
     shown = viewer.artists[0].get_array().copy()
-    assert np.array_equal(shown, image[10])
+    assert np.array_equal(shown, image[10, ::-1, ::-1])  # anterior up, the patient's right on the left
     viewer.sliders["z"].value = 3
-    assert np.array_equal(viewer.artists[0].get_array(), image[3])
+    assert np.array_equal(viewer.artists[0].get_array(), image[3, ::-1, ::-1])
     assert not np.array_equal(viewer.artists[0].get_array(), shown)
-    assert np.array_equal(viewer.artists[2].get_array(), labels[3])  # overlay panel follows
+    assert np.array_equal(viewer.artists[2].get_array(), labels[3, ::-1, ::-1])  # overlay panel follows
     first = viewer.picture.value
     viewer.sliders["z"].value = 4
     assert viewer.picture.value[:8] == b"\x89PNG\r\n\x1a\n"  # what the browser shows: a real image
@@ -47,7 +47,7 @@ def test_opacity_and_axis_controls(volume):
     assert viewer.artists[2].get_alpha() == pytest.approx(0.9)
     viewer.axis.value = "x"
     viewer.sliders["x"].value = 5
-    assert np.array_equal(viewer.artists[0].get_array(), image[:, :, 5])
+    assert np.array_equal(viewer.artists[0].get_array(), image[::-1, ::-1, 5])  # superior up
     legend = viewer.widget.children[2].value
     assert "<b>b</b>" in legend and "<b>c</b>" in legend  # the legend names the classes
     assert "<b>a</b>: transparent" in legend  # and says which one is not drawn
@@ -95,3 +95,39 @@ def test_figures_build(volume):
     fig = draw_window_grid((50, 70, 90), sliding_windows((50, 70, 90), 32, 0.5), axis=0)
     assert fig.axes[0].patches
     assert take_slice(image, "y", 4).shape == (20, 40)
+
+
+def test_views_follow_radiological_conventions():
+    """A marker at the most superior, anterior and right voxel of a RAS volume lands at the top
+    left of every view (axial: anterior up, right on the left; coronal: superior up, right on
+    the left; sagittal: superior up, anterior on the left), and its opposite at the bottom right."""
+    import doctest
+
+    import matplotlib.pyplot as plt
+
+    import helpers.viz
+    from helpers.viz import VIEW_DIRECTIONS, show_orthogonal
+
+    volume = np.zeros((6, 7, 8), np.float32)
+    volume[5, 6, 7] = 2.0  # z: superior, y: anterior, x: the patient's right
+    volume[0, 0, 0] = 1.0  # inferior, posterior, left
+    fig = show_orthogonal(volume, index=(5, 6, 7))
+    viewer = SliceViewer(volume)
+    for panel, axis in zip(fig.axes, "zyx", strict=True):
+        shown = panel.images[0].get_array()
+        assert np.unravel_index(np.argmax(shown), shown.shape) == (0, 0), axis
+        assert panel.images[0].origin == "upper"
+        top, bottom, left, right = VIEW_DIRECTIONS[axis]
+        assert {t.get_text() for t in panel.texts} == {top, bottom, left, right}
+        viewer.axis.value = axis
+        viewer.sliders[axis].value = {"z": 5, "y": 6, "x": 7}[axis]
+        shown = viewer.artists[0].get_array()
+        assert np.unravel_index(np.argmax(shown), shown.shape) == (0, 0), axis
+        assert {t.get_text() for t in viewer.axes[0].texts} == {top, bottom, left, right}
+    assert VIEW_DIRECTIONS == {"z": tuple("APRL"), "y": tuple("SIRL"), "x": tuple("SIAP")}
+    fig = show_orthogonal(volume, index=(0, 0, 0))
+    for panel in fig.axes:
+        shown = panel.images[0].get_array()
+        assert shown[-1, -1] == 1.0  # inferior or posterior at the bottom, left or posterior on the right
+    plt.close("all")
+    assert doctest.testmod(helpers.viz).failed == 0
