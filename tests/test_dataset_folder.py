@@ -200,7 +200,10 @@ def test_a_corrupt_case_is_named_and_nothing_trains_on_the_rest(copy):
 
 @pytest.mark.slow
 def test_quick_training_on_the_multi_case_dataset_lowers_the_loss(cores, tmp_path):
-    from helpers.model import build_unet
+    """Patches from several cases feed a training whose loss falls (the stand-in network learns
+    as any would; test_training trains the U-Net itself)."""
+    from stub_models import small_unet_stand_in
+
     from helpers.sampling import PatchSampler
     from helpers.training import train
 
@@ -219,7 +222,7 @@ def test_quick_training_on_the_multi_case_dataset_lowers_the_loss(cores, tmp_pat
         resample_each_epoch=False,
     )
     history = train(
-        build_unet(4, patch_size=32), train_data, val_data, 3, tmp_path, learning_rate=2e-3, verbose=0
+        small_unet_stand_in(4, 32), train_data, val_data, 3, tmp_path, learning_rate=2e-3, verbose=0
     )
     assert history["epoch"] == [0, 1, 2]
     assert min(history["loss"][1:]) < history["loss"][0]
@@ -356,9 +359,13 @@ def test_one_or_two_labelled_cases_are_each_cut_into_disjoint_slabs(tmp_path, n_
 
 
 @pytest.mark.slow
-def test_a_two_channel_dataset_trains_and_its_scans_are_segmented_through_the_cli(tmp_path, capsys):
+def test_a_two_channel_dataset_trains_and_its_scans_are_segmented_through_the_cli(
+    tmp_path, capsys, monkeypatch
+):
     from course_checks import predict_in_process
+    from stub_models import small_unet_stand_in
 
+    import helpers.model
     from helpers.config import get_params
     from helpers.experiment import train_from_params
     from helpers.io import load_volume
@@ -368,6 +375,7 @@ def test_a_two_channel_dataset_trains_and_its_scans_are_segmented_through_the_cl
     for c in range(2):
         write_nifti(root / "imagesTs" / f"prost_0600_{c:04d}.nii.gz", image + 10 * c, spacing=(1.5, 0.9, 0.7))
     params = get_params("quick", str(root), output_dir=str(tmp_path / "out"))
+    monkeypatch.setattr(helpers.model, "build_unet", small_unet_stand_in)  # the channels are under test
     history = train_from_params(params, verbose=0)
     assert len(history["loss"]) == params["epochs"]
     info = json.loads((Path(params["run_dir"]) / "model.json").read_text())

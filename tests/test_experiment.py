@@ -4,19 +4,11 @@ import json
 import os
 
 import pytest
+from stub_models import small_unet_stand_in
 
 from helpers.config import get_params
 from helpers.experiment import MODEL_INFO, prepare, train_from_params
 from helpers.runs import RunFolderError
-
-
-def small_unet_stand_in(n_classes, patch_size, in_channels=1):
-    """A two-layer model with the U-Net's inputs and outputs: this test is about the run folder."""
-    import keras
-
-    inputs = keras.Input((*patch_size, in_channels))
-    x = keras.layers.Conv3D(4, 3, padding="same", activation="relu")(inputs)
-    return keras.Model(inputs, keras.layers.Conv3D(n_classes, 1, activation="softmax", dtype="float32")(x))
 
 
 @pytest.mark.slow
