@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,7 +289,9 @@ class Dataset:
     scans of ``imagesTs/`` to segment (paths, loaded on demand; every channel file of a
     scan, as :func:`helpers.predict.predict_scans` takes them). ``channel_names`` name
     the image channels in order
-    (``modality`` is then one modality per channel).
+    (``modality`` is then one modality per channel). ``reads`` counts the calls of
+    :meth:`part` per part, so a notebook can show (and a test check) that it touched the
+    test part once.
     """
 
     name: str
@@ -303,6 +306,7 @@ class Dataset:
     root: str | None = None
     fingerprint: str = ""
     channel_names: tuple[str, ...] = ("image",)
+    reads: Counter[str] = field(default_factory=Counter, compare=False, repr=False)
 
     @property
     def n_classes(self) -> int:
@@ -322,6 +326,7 @@ class Dataset:
         """(case, region) pairs of split part ``which`` ("train", "val" or "test")."""
         if which not in PARTS:
             raise ValueError(f"part must be one of {PARTS}, got {which!r}")
+        self.reads[which] += 1
         return _parts(self.cases, self.split, which)
 
     def arrays(self, which: str) -> tuple[list[np.ndarray], list[np.ndarray]]:

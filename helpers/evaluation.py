@@ -8,6 +8,7 @@ the classic thresholding that the U-Net must beat.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +37,23 @@ def score_test(
     part: str = "test",
     baseline: bool = True,
     progress: bool = True,
+    overlap: float | None = None,
+    tta: str | None = None,
+    keep_largest: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Score ``model`` on every case (or the slab) of ``part`` at native resolution.
 
     Each case is predicted on the working grid with overlapping Gaussian-blended
-    windows, brought back to the scan's grid (:meth:`helpers.geometry.Resampling.invert`)
+    windows (``overlap``, default ``params["overlap"]``; ``tta="mirror"`` averages the
+    flipped predictions; ``keep_largest`` keeps the largest component of those classes),
+    brought back to the scan's grid (:meth:`helpers.geometry.Resampling.invert`)
     and scored there: IoU, Dice and HD95 (mm) per class, then the mean over cases.
     With ``baseline``, multi-Otsu thresholding is scored the same way, where it
     applies: on the embedded volumes, whose classes are ordered by intensity.
     """
     from helpers.inference import predict_volume
     from helpers.metrics import case_scores, count_missed, mean_over_cases
+    from helpers.postprocessing import keep_largest_component
 
     patch = tuple(model.input_shape[1:4])
     per_case, per_case_base, shapes = {}, {}, {}
@@ -55,11 +62,14 @@ def score_test(
             model,
             case.image[region],
             patch_size=patch,
-            overlap=params["overlap"],
+            overlap=params["overlap"] if overlap is None else overlap,
             batch_size=params["batch_size"],
             output="labels",
             progress=progress,
+            tta=tta,
         )
+        if len(keep_largest):
+            pred = keep_largest_component(pred, keep_largest)
         if ds.split["kind"] == "slabs":
             truth, spacing = case.labels[region], ds.target_spacing
         else:

@@ -112,10 +112,19 @@ def write_summary(out: Path, profile: str, timings: Sequence[tuple[str, str, flo
                 f"Whole-volume prediction ({dataset}, {inf.get('shape')}): "
                 f"overlap 0 / no blending {inf.get('seconds_overlap0', 0):.1f} s, "
                 f"overlap {inf.get('overlap')} / Gaussian {inf.get('seconds_blended', 0):.1f} s; "
-                f"test error within 2 voxels of a seam {inf.get('seam_error_overlap0', 0):.4f} "
-                f"against {inf.get('seam_error_blended', 0):.4f}.",
+                f"{'validation' if inf.get('part') == 'val' else 'test'} error within 2 voxels of a seam "
+                f"{inf.get('seam_error_overlap0', 0):.4f} against {inf.get('seam_error_blended', 0):.4f}.",
                 "",
             ]
+            if inf.get("chosen"):
+                chosen, test = inf["chosen"], inf.get("test", {})
+                lines += [
+                    f"Settings chosen on validation ({dataset}): overlap {chosen['overlap']}, "
+                    f"mirroring {'on' if chosen['tta'] else 'off'}, largest component "
+                    f"{'kept' if chosen['keep_largest'] else 'not applied'}; with them the test part, "
+                    f"scored once, has mean IoU {_fmt(test.get('mean_iou'))}.",
+                    "",
+                ]
     lines += ["## Notebook timings", "", "| notebook | dataset | seconds |", "|---|---|---|"]
     lines += [f"| {n} | {d} | {s:.1f} |" for n, d, s in timings]
     out.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 import json
 
+import nbformat
 import numpy as np
 import pytest
 from course_checks import run_clean
@@ -55,3 +56,18 @@ def test_saved_prediction_reloads_with_the_source_affine(course_run):
     image = load_volume(folder / "sandstone_image.nii.gz")
     assert np.allclose(pred.affine, image.affine)
     assert pred.array.shape == image.array.shape and pred.array.dtype == np.uint8
+
+
+def test_06_chooses_on_validation_and_scores_the_test_part_once(course_run):
+    """06 measures overlap, mirroring and the largest component on the validation part, then
+    scores the test part exactly once with what it chose (``Dataset.reads`` counts the reads)."""
+    out = course_run["out"]
+    inference = json.loads((out / "metrics" / "sandstone.json").read_text())["inference"]
+    assert inference["part"] == "val"
+    assert set(inference["chosen"]) == {"overlap", "tta", "keep_largest"}
+    assert inference["test"]["reads"] == 1 and 0 <= inference["test"]["mean_iou"] <= 1
+    executed = nbformat.read(out / "executed" / "06_unpatchify_visualization-sandstone.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert printed.count("test mean IoU") == 1 and "validation mean IoU" in printed  # one test score
+    summary = write_summary(out, "quick", course_run["timings"], 1.0).read_text()
+    assert "Settings chosen on validation (sandstone)" in summary and "scored once" in summary
