@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "large_chunk": 48,
         "large_overlap": 0.5,
         "memory_budget_mb": 1,
+        "n_workers": 2,
     },
     "cpu": {
         "sandstone_shape": (160, 128, 128),
@@ -98,6 +101,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "large_chunk": 256,
         "large_overlap": 0.25,
         "memory_budget_mb": 256,
+        "n_workers": 2,
     },
     "full": {
         "sandstone_shape": (256, 256, 256),
@@ -115,6 +119,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "large_chunk": 256,
         "large_overlap": 0.5,
         "memory_budget_mb": 2048,
+        "n_workers": 2,
     },
 }
 
@@ -183,6 +188,63 @@ def choose_precision(gpus: int, flags: frozenset[str] | set[str]) -> tuple[str, 
     return "float32", "no GPU, and the CPU has neither AMX nor AVX-512 BF16"
 
 
+#: Below this much memory a machine is small, as mybinder's 2 GB containers are. Each Dask worker
+#: of 07 holds TensorFlow and the model (about 1.2 GB on the cpu profile, docs/benchmarks.md), so
+#: there 07 predicts with one worker and a smaller volume: :data:`SMALL_MEMORY` replaces any
+#: larger profile value that was not set explicitly.
+SMALL_MEMORY_MB = 4096
+SMALL_MEMORY = {"n_workers": 1, "large_shape": (256, 256, 256), "memory_budget_mb": 32}
+
+
+def memory_limit_mb(meminfo: str | None = None, cgroup_limits: Sequence[str] | None = None) -> float:
+    """The memory this process may use, in MB: the smaller of the machine's RAM (``MemTotal`` of
+    ``/proc/meminfo``) and a container's cgroup limit (``memory.max`` of cgroup v2, or
+    ``memory.limit_in_bytes`` of v1), as mybinder sets one; ``inf`` where neither is readable.
+
+    Example
+    -------
+    >>> memory_limit_mb("MemTotal:       24576000 kB", ["2147483648"])
+    2048.0
+    >>> memory_limit_mb("MemTotal:       8192000 kB", ["max"])
+    8000.0
+    """
+    if meminfo is None:
+        meminfo = _read("/proc/meminfo")
+    if cgroup_limits is None:
+        files = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+        cgroup_limits = [_read(f) for f in files]
+    limits = [math.inf]
+    found = re.search(r"MemTotal:\s*(\d+)\s*kB", meminfo)
+    if found:
+        limits.append(int(found[1]) / 1024)
+    for text in cgroup_limits:
+        if text.strip().isdigit() and int(text) < 2**60:  # cgroup v1 writes "no limit" as ~2^63
+            limits.append(int(text) / 2**20)
+    return min(limits)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def small_memory_params(params: dict[str, Any], explicit: Iterable[str], limit_mb: float) -> dict[str, Any]:
+    """``params`` with :data:`SMALL_MEMORY`'s values where the machine has under
+    :data:`SMALL_MEMORY_MB` (``limit_mb``), a knob was not set explicitly and the profile's value
+    is larger; ``params["small_memory"]`` says whether the machine is small."""
+    small = limit_mb < SMALL_MEMORY_MB
+    params = {**params, "small_memory": small}
+    if small:
+        for key, value in SMALL_MEMORY.items():
+            size = math.prod(value) if isinstance(value, tuple) else value
+            current = params[key]
+            if key not in explicit and (math.prod(current) if isinstance(current, tuple) else current) > size:
+                params[key] = value
+    return params
+
+
 def resolve_profile_name(name: str) -> str:
     """Map ``auto`` to ``full`` with a GPU and ``cpu`` without; validate other names."""
     if name == "auto":
@@ -212,6 +274,8 @@ def get_params(profile: str = "auto", dataset: str = "sandstone", **overrides: A
             raise ProfileError(f"{key!r} is not a profile parameter; known: {sorted(params)}")
         if value is not None:
             params[key] = check_param(key, value)
+    explicit = [k for k, v in overrides.items() if v is not None]
+    params = small_memory_params(params, explicit, memory_limit_mb())
     params["profile"] = name
     params["dataset"] = dataset
     out = Path(params.get("output_dir") or OUTPUTS)
@@ -298,7 +362,7 @@ def check_param(key: str, value: Any) -> Any:
         if any(v % 32 for v in sizes):
             raise bad("each side must be a multiple of 32 (the U-Net halves it 5 times)")
         return value if _is_int(value) else tuple(sizes)
-    if key in ("epochs", "batch_size", "steps_per_epoch", "val_steps"):
+    if key in ("epochs", "batch_size", "steps_per_epoch", "val_steps", "n_workers"):
         if not _is_int(value) or value < 1:
             raise bad("it must be an integer >= 1")
     elif key in ("overlap", "large_overlap"):

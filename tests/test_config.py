@@ -84,3 +84,24 @@ def test_runner_rejects_bad_profile_before_running_anything(tmp_path):
     assert out.returncode == 2
     assert "valid profiles" in out.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_small_memory_machine_gets_one_worker_and_a_smaller_volume():
+    """Issue 21: mybinder's 2 GB (a cgroup limit) cannot hold two Dask workers of ~1.2 GB each."""
+    import doctest
+
+    import helpers.config
+    from helpers.config import PROFILES, SMALL_MEMORY, memory_limit_mb, small_memory_params
+
+    assert memory_limit_mb("MemTotal: 25165824 kB", ["2147483648\n", ""]) == 2048.0  # mybinder
+    assert memory_limit_mb("MemTotal: 25165824 kB", ["max\n", "9223372036854771712\n"]) == 24576.0
+    cpu = small_memory_params(dict(PROFILES["cpu"]), [], 2048.0)
+    assert cpu["small_memory"] and {k: cpu[k] for k in SMALL_MEMORY} == SMALL_MEMORY
+    explicit = small_memory_params(dict(PROFILES["cpu"]), ["n_workers"], 2048.0)
+    assert explicit["n_workers"] == 2  # an explicit knob wins
+    quick = small_memory_params(dict(PROFILES["quick"]), [], 2048.0)
+    assert quick["large_shape"] == PROFILES["quick"]["large_shape"]  # already smaller: kept
+    big = small_memory_params(dict(PROFILES["cpu"]), [], 24576.0)
+    assert not big["small_memory"] and big["n_workers"] == 2
+    assert big["large_shape"] == PROFILES["cpu"]["large_shape"]
+    assert doctest.testmod(helpers.config).failed == 0
