@@ -8,7 +8,7 @@ PROFILE ?= auto
 DATASET ?=
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: run test lint unit install clean check-profile
+.PHONY: run test lint unit install clean check-profile data
 
 run: check-profile $(STAMP)
 	$(BIN)/python -m helpers.runner --profile $(PROFILE) $(if $(DATASET),--dataset "$(DATASET)")
@@ -32,6 +32,12 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest $(XDIST) -m "not notebooks"
 
 install: $(STAMP)
+
+# One Medical Segmentation Decathlon task into data/<TASK> (helpers/fetch.py): resumable, checked
+# against its published MD5, unpacked safely. `make data TASK=Task09_Spleen`.
+TASK ?= Task09_Spleen
+data: $(STAMP)
+	$(BIN)/python -m helpers.fetch $(TASK) data
 
 # Validates PROFILE with the system Python before spending minutes on an install.
 check-profile:
