@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -154,16 +155,22 @@ def grid_affine(affine: np.ndarray, shape: Sequence[int], new_shape: Sequence[in
 
 
 def resize(
-    array: np.ndarray, shape: Sequence[int], labels: bool = False, n_classes: int | None = None
+    array: np.ndarray,
+    shape: Sequence[int],
+    labels: bool = False,
+    n_classes: int | None = None,
+    dtype: Any = np.float32,
 ) -> np.ndarray:
     """Resample ``array`` (Z, Y, X[, C]) to the spatial ``shape`` over the same box.
 
-    Images: linear interpolation, float32. ``labels=True``: each class's indicator is
+    Images: linear interpolation, in ``dtype`` (float32; float16 halves a probability map).
+    Channels are resampled one at a time into the preallocated result, so the working
+    memory beyond it is one channel. ``labels=True``: each class's indicator is
     interpolated linearly and the argmax taken, uint8 (classes 0..n_classes-1).
     """
     shape = tuple(int(s) for s in shape[:3])
     if tuple(array.shape[:3]) == shape:
-        return array.copy() if not labels else array.astype(np.uint8)
+        return array.astype(dtype) if not labels else array.astype(np.uint8)
     factors = [n / s for n, s in zip(shape, array.shape[:3], strict=True)]
     if labels:
         n = int(n_classes if n_classes is not None else int(array.max()) + 1)
@@ -176,10 +183,13 @@ def resize(
             better = score > best
             out[better], best[better] = c, score[better]
         return out
-    data = np.asarray(array, dtype=np.float32)
-    if data.ndim == 4:
-        return np.stack([resize(data[..., c], shape) for c in range(data.shape[3])], axis=-1)
-    return ndi.zoom(data, factors, order=1, mode="nearest", grid_mode=True)
+    if array.ndim == 4:
+        out = np.empty((*shape, array.shape[3]), dtype)
+        for c in range(array.shape[3]):
+            out[..., c] = resize(array[..., c], shape)
+        return out
+    zoomed = ndi.zoom(np.asarray(array, np.float32), factors, order=1, mode="nearest", grid_mode=True)
+    return zoomed if zoomed.dtype == dtype else zoomed.astype(dtype)
 
 
 @dataclass
@@ -198,16 +208,18 @@ class Resampling:
     shape: tuple[int, int, int]
     affine: np.ndarray
 
-    def invert(self, array: np.ndarray, labels: bool = True, n_classes: int | None = None) -> np.ndarray:
+    def invert(
+        self, array: np.ndarray, labels: bool = True, n_classes: int | None = None, dtype: Any = np.float32
+    ) -> np.ndarray:
         """Bring an array on the working grid back to the native grid (shape and orientation).
 
         ``labels=True`` for a label map (per-class linear, then argmax); False for
-        probabilities or intensities (linear per channel). The result lies on
-        ``native_shape`` with ``native_affine``.
+        probabilities or intensities (linear per channel, into ``dtype``). The result lies
+        on ``native_shape`` with ``native_affine``.
         """
         if tuple(array.shape[:3]) != self.shape:
             raise ValueError(f"array shape {array.shape[:3]} is not the working grid {self.shape}")
-        back = resize(array, self.oriented_shape, labels=labels, n_classes=n_classes)
+        back = resize(array, self.oriented_shape, labels=labels, n_classes=n_classes, dtype=dtype)
         return undo_reorient(back, self.transform)
 
 

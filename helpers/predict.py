@@ -125,8 +125,11 @@ def segment(
     if not probabilities:
         labels, probs = record.invert(pred, labels=True, n_classes=n_classes), None
     else:
-        probs = record.invert(pred, labels=False)
-        labels = np.argmax(probs, axis=-1).astype(np.uint8)
+        probs = record.invert(pred, labels=False, dtype=np.float16)  # what is written: half the memory
+        del pred
+        labels = np.empty(probs.shape[:3], np.uint8)
+        for z in range(0, len(labels), 16):  # argmax's int64 result, a slab at a time
+            labels[z : z + 16] = np.argmax(probs[z : z + 16], axis=-1)
     if keep_largest:
         labels = keep_largest_component(labels, keep_largest)
     return labels, probs
@@ -175,7 +178,7 @@ def predict_scans(
             )
             written.append(save_volume(out / f"{name}_seg.nii.gz", labels, affine=scan.affine))
             if probs is not None:
-                save_volume(out / f"{name}_prob.npz", probs.astype(np.float16), affine=scan.affine)
+                save_volume(out / f"{name}_prob.npz", probs, affine=scan.affine)
         except Exception as err:  # one scan's failure, whatever raised it, never costs the others
             reason = str(err) if isinstance(err, VolumeError) else f"{path}: {type(err).__name__}: {err}"
             failed[str(path)] = reason
