@@ -21,6 +21,9 @@ FULL_STEPS = PROFILES["full"]["epochs"] * PROFILES["full"]["steps_per_epoch"]
 #: Constants, not measurements: each with where it comes from.
 CONSTANTS = {
     "0.5": "the default window overlap; nnU-Net's lower clip percentile",
+    "0.25": "an overlap that exercises try",
+    "0.75": "an overlap that exercises try",
+    "0.33": "PatchSampler's default foreground_fraction (helpers.sampling)",
     "99.5": "nnU-Net's upper clip percentile (helpers.preprocessing)",
     "0.8": "SandstoneCores' finest voxel spacing in mm (helpers.datasets)",
     "42.6": "the U-Net's parameters in millions (03 asserts the count)",
@@ -39,7 +42,8 @@ DATE = re.compile(r"20\d\d-\d\d-\d\d")
 
 
 def prose_numbers(markdown: str) -> list[str]:
-    text = re.sub(r"\]\([^)]*\)", "]", markdown)  # link targets
+    text = re.sub(r"```.*?```", "", markdown, flags=re.DOTALL)  # code blocks (exercise solutions)
+    text = re.sub(r"\]\([^)]*\)", "]", text)  # link targets
     text = re.sub(r"`[^`]*`", "", text)  # code spans name things; they do not state figures
     return NUMBER.findall(text)
 
@@ -62,6 +66,7 @@ def test_the_rule_finds_typed_figures_and_accepts_sourced_ones():
         "3·10⁶",
     ]
     assert unsourced("overlap 0.5 and `predict(x, 0.37)`, see [it](http://a.b/1.2.3)") == []
+    assert unsourced("run this:\n```python\nprint(0.37)\n```\nthen 0.37") == ["0.37"]
     assert unsourced("`docs/benchmarks.md`, 2026-11-28: workers peaked at 1,234 MB") == []
     assert unsourced("`docs/benchmarks.md` (no date): workers peaked at 1,234 MB") == ["1,234"]
     assert unsourced("`docs/benchmarks.md`, 2026-11-28: 9,876 MB") == ["9,876"]  # not recorded there
