@@ -2,8 +2,9 @@
 
 One module per job, data flowing one way:
 
-- ``config`` (profiles and parameters), ``io`` (volumes in every format, atomic
-  writes, the validators), ``zarr_volumes`` (chunked volumes on disk with their affine);
+- ``config`` (profiles and parameters), ``fetch`` (a Decathlon task downloaded and
+  checked), ``io`` (volumes in every format, atomic writes, the validators),
+  ``zarr_volumes`` (chunked volumes on disk with their affine);
 - ``geometry`` (align, reorient, resample and invert), ``preprocessing``
   (normalisation), ``splits`` (train / val / test), ``datasets`` (dataset folders
   and the embedded data), ``patches`` (windows, padding, blending);

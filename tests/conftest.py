@@ -8,19 +8,20 @@ import pytest  # noqa: E402
 
 import helpers  # noqa: E402, F401  (sets TensorFlow's CPU options before a test imports it)
 
-#: The slowest files, slowest first (per-file sums of ``--durations=0`` on 2 cores, 2026-12-01:
-#: 402, 318, 245, 239, 196, 141 and 123 s; every other file took under 60 s). ``make test``'s
-#: pytest-xdist hands whole files to its two workers in collection order (``--dist loadfile
-#: --no-loadscope-reorder``), so collecting these first lets both workers start on a long file
-#: and share out the short ones at the end, instead of one worker finishing a course pass alone.
+#: The slowest files, slowest first (per-file sums of ``--durations=0`` under ``make test``,
+#: 2026-12-02: 355, 297, 189, 162, 159, 124 and 78 s; every other file took under 50 s).
+#: ``make test``'s pytest-xdist hands whole files to its workers in collection order
+#: (``--dist loadfile --no-loadscope-reorder``), so collecting these first lets every worker
+#: start on a long file and share out the short ones at the end, instead of one worker
+#: finishing a course pass alone.
 SLOWEST_FIRST = (
     "test_course_sandstone.py",
     "test_training.py",
-    "test_faults.py",
-    "test_notebooks.py",
     "test_course_own_dataset.py",
-    "test_dataset_folder.py",
+    "test_faults.py",
     "test_course_brain.py",
+    "test_notebooks.py",
+    "test_benchmarks.py",
 )
 
 
