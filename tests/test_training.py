@@ -35,13 +35,20 @@ def samplers(phantom, steps, batch=4):
 
 
 def test_quick_training_lowers_loss_and_beats_an_untrained_model(phantom, tmp_path):
+    import keras
+
+    # seeded: the untrained network's validation IoU ranged from 0.03 to 0.16 over seeds, and an
+    # unseeded run failed the margin once in make test (0.114 against 0.050 + 0.1). Seed 0 gave
+    # 0.066 untrained and 0.157, 0.072, 0.200, 0.328 after each of the four epochs (2026-12-02)
+    keras.utils.set_random_seed(0)
     train_data, val_data = samplers(phantom, steps=10)
     model = build_unet(4, patch_size=32)
     model.compile(loss="categorical_crossentropy", metrics=iou_metrics(4))
     untrained = model.evaluate(val_data, verbose=0, return_dict=True)["mean_iou"]
-    history = train(model, train_data, val_data, epochs=5, run_dir=tmp_path, learning_rate=2e-3, verbose=0)
-    assert history["epoch"] == [0, 1, 2, 3, 4]
+    history = train(model, train_data, val_data, epochs=4, run_dir=tmp_path, learning_rate=2e-3, verbose=0)
+    assert history["epoch"] == [0, 1, 2, 3]
     assert history["loss"][-1] < history["loss"][0]
+    print(f"untrained {untrained:.3f}, trained {[round(v, 3) for v in history['val_mean_iou']]}")
     assert max(history["val_mean_iou"]) > untrained + 0.1
     best = load_model(tmp_path / "best.keras")
     assert best.output_shape == (None, 32, 32, 32, 4)
