@@ -67,10 +67,11 @@ def fetch_task(
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / f"{task}.tar"
     part = dest / f"{task}.tar.part"
-    download(url or MSD_URL.format(task=task), part, progress=progress)
-    check_md5(part, md5 or MSD_MD5[task])
-    os.replace(part, archive)
-    unpack(archive, dest, task)
+    if not archive.exists():  # the archive is renamed into place only once its MD5 matched
+        download(url or MSD_URL.format(task=task), part, progress=progress)
+        check_md5(part, md5 or MSD_MD5[task])
+        os.replace(part, archive)
+    unpack(archive, dest, task)  # an unpacking cut off before its end starts again
     archive.unlink()
     return folder
 

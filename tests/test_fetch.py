@@ -107,6 +107,16 @@ def test_a_download_cut_half_way_resumes_where_it_stopped(serve, tmp_path):
     assert (folder / COMPLETE).exists() and not part.exists()
 
 
+def test_an_unpacking_cut_off_starts_again_from_the_checked_archive(serve, tmp_path):
+    body = msd_archive()
+    server = serve(body)
+    (tmp_path / "Task09_Spleen.tar").write_bytes(body)  # downloaded and checked, then killed
+    (tmp_path / ".Task09_Spleen.unpacking" / "Task09_Spleen").mkdir(parents=True)
+    folder = fetch_task("Task09_Spleen", tmp_path, url=server.url, md5=md5(body), progress=False)
+    assert (folder / COMPLETE).exists() and server.requests == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Task09_Spleen"]
+
+
 def test_a_wrong_checksum_unpacks_nothing_and_names_an_html_page(serve, tmp_path):
     body = msd_archive()
     server = serve(body)
