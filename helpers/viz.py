@@ -41,10 +41,13 @@ def label_cmap(n_classes: int) -> ListedColormap:
     return ListedColormap(colours)
 
 
-def take_slice(volume: np.ndarray, axis: str | int, index: int) -> np.ndarray:
-    """The 2-D slice ``index`` across ``axis`` ("z", "y", "x" or 0, 1, 2) of a (Z, Y, X) volume."""
+def take_slice(volume: Any, axis: str | int, index: int) -> np.ndarray:
+    """The 2-D slice ``index`` across ``axis`` ("z", "y", "x" or 0, 1, 2) of a (Z, Y, X) volume,
+    as stored; ``volume`` may be a zarr array: only the slice is read."""
     ax = AXES.index(axis) if isinstance(axis, str) else int(axis)
-    return np.take(volume, int(index), axis=ax)
+    where: list[Any] = [slice(None)] * 3
+    where[ax] = int(index)
+    return np.asarray(volume[tuple(where)])
 
 
 def display_slice(volume: Any, axis: str | int, index: int) -> np.ndarray:
@@ -55,7 +58,7 @@ def display_slice(volume: Any, axis: str | int, index: int) -> np.ndarray:
     A slice's rows run along the volume's first remaining axis (z, or y for an axial view)
     and its columns along x (or y for a sagittal view), both towards superior, anterior or
     right; reversing both puts superior or anterior at the top and the patient's right (or
-    anterior, sagittally) on the left. ``volume`` may be a zarr array: only the slice is read.
+    anterior, sagittally) on the left. ``volume`` may be a zarr array (:func:`take_slice`).
 
     Example
     -------
@@ -63,10 +66,7 @@ def display_slice(volume: Any, axis: str | int, index: int) -> np.ndarray:
     >>> [tuple(int(i) for i in np.argwhere(display_slice(v, a, i))[0]) for a, i in zip("zyx", (3, 4, 5))]
     [(0, 0), (0, 0), (0, 0)]
     """
-    ax = AXES.index(axis) if isinstance(axis, str) else int(axis)
-    where: list[Any] = [slice(None)] * 3
-    where[ax] = int(index)
-    return np.asarray(volume[tuple(where)])[::-1, ::-1]
+    return take_slice(volume, axis, index)[::-1, ::-1]
 
 
 def label_directions(ax: plt.Axes, axis: str) -> None:
