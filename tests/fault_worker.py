@@ -1,12 +1,10 @@
 """A tiny training run in its own process, for the fault-injection and lock tests.
 
-``python tests/fault_worker.py EPOCHS RUN_DIR [RUN_DIR ...]`` trains a two-layer Conv3D
-model on a random phantom with :func:`helpers.training.train` in each run folder in turn
-(one process resumes many killed runs: TensorFlow's import is most of a start). It prints
-``READY`` before training and ``STARTED i k`` at the start of epoch k in the i-th folder,
-flushed, so a test can kill it at a chosen moment and see which epochs a resume trains.
-The weights and optimizer state are saved every ``STATE_EVERY`` epochs, so a kill loses
-at most that many.
+``python tests/fault_worker.py EPOCHS RUN_DIR`` trains a two-layer Conv3D model on a random
+phantom with :func:`helpers.training.train`. It prints ``READY`` before training and
+``STARTED k`` at the start of epoch k, flushed, so a test can kill it at a chosen moment and
+see which epochs a resume trains. The weights and optimizer state are saved every
+``STATE_EVERY`` epochs, so a kill loses at most that many.
 
 ``python tests/fault_worker.py --fork EPOCHS`` imports once, prints ``READY``, then reads
 ``RUN_DIR [SLOW_WRITE_S]`` lines from stdin (``SLOW_WRITE_S``: see ``helpers.io.SLOW_WRITE_ENV``).
@@ -34,12 +32,8 @@ STATE_EVERY = 2
 
 
 class Report(keras.callbacks.Callback):
-    def __init__(self, run: int) -> None:
-        super().__init__()
-        self.run = run
-
     def on_epoch_begin(self, epoch, logs=None):
-        print(f"STARTED {self.run} {epoch}", flush=True)
+        print(f"STARTED {epoch}", flush=True)
 
 
 def tiny_model(n_classes: int = 3) -> keras.Model:
@@ -58,16 +52,14 @@ def samplers() -> tuple[PatchSampler, PatchSampler]:
     return data, val
 
 
-def train_one(epochs: int, run_dir: str, i: int = 0) -> None:
+def train_one(epochs: int, run_dir: str) -> None:
     data, val = samplers()
-    report = [Report(i)]
-    train(tiny_model(), data, val, epochs, run_dir, callbacks=report, verbose=0, state_every=STATE_EVERY)
+    train(tiny_model(), data, val, epochs, run_dir, callbacks=[Report()], verbose=0, state_every=STATE_EVERY)
 
 
-def main(epochs: int, run_dirs: list[str]) -> None:
+def main(epochs: int, run_dir: str) -> None:
     print("READY", flush=True)
-    for i, run_dir in enumerate(run_dirs):
-        train_one(epochs, run_dir, i)
+    train_one(epochs, run_dir)
     print("FINISHED", flush=True)
 
 
@@ -98,4 +90,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "--fork":
         fork_server(int(sys.argv[2]))
     else:
-        main(int(sys.argv[1]), sys.argv[2:])
+        main(int(sys.argv[1]), sys.argv[2])

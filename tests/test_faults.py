@@ -33,11 +33,11 @@ EPOCHS = 5
 SLOW_WRITE = "0.3"
 
 
-def start(*run_dirs: Path) -> subprocess.Popen:
-    """One worker process that trains (or resumes) each of ``run_dirs`` in turn."""
+def start(run_dir: Path) -> subprocess.Popen:
+    """A worker process of its own that trains (or resumes) in ``run_dir``."""
     env = {**os.environ, SLOW_WRITE_ENV: SLOW_WRITE, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, str(WORKER), str(EPOCHS), *map(str, run_dirs)],
+        [sys.executable, str(WORKER), str(EPOCHS), str(run_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -51,25 +51,11 @@ def wait_ready(proc: subprocess.Popen) -> None:
     assert line.strip() == "READY", line + proc.stderr.read()
 
 
-def finish_all(proc: subprocess.Popen, runs: int = 1) -> list[list[int]]:
-    """Wait for a worker of ``runs`` run folders to end well; the epochs it started in each.
-
-    (Lines are tagged with their folder: ``communicate`` does not see what ``wait_ready``'s
-    ``readline`` buffered after READY.)
-    """
+def finish(proc: subprocess.Popen) -> list[int]:
+    """Wait for a worker to end well; the epochs it started."""
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    started: list[list[int]] = [[] for _ in range(runs)]
-    for line in out.splitlines():
-        if line.startswith("STARTED"):
-            run, epoch = map(int, line.split()[1:])
-            started[run].append(epoch)
-    return started
-
-
-def finish(proc: subprocess.Popen) -> list[int]:
-    (started,) = finish_all(proc)
-    return started
+    return [int(line.split()[1]) for line in out.splitlines() if line.startswith("STARTED")]
 
 
 def check_finished_run(run_dir: Path) -> None:
