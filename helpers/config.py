@@ -238,11 +238,14 @@ def small_memory_params(params: dict[str, Any], explicit: Iterable[str], limit_m
     params = {**params, "small_memory": small}
     if small:
         for key, value in SMALL_MEMORY.items():
-            size = math.prod(value) if isinstance(value, tuple) else value
-            current = params[key]
-            if key not in explicit and (math.prod(current) if isinstance(current, tuple) else current) > size:
+            if key not in explicit and _magnitude(params[key]) > _magnitude(value):
                 params[key] = value
     return params
+
+
+def _magnitude(value: int | tuple[int, ...]) -> int:
+    """A count, or the number of voxels of a shape: what "larger" means for a knob."""
+    return math.prod(value) if isinstance(value, tuple) else value
 
 
 def resolve_profile_name(name: str) -> str:
