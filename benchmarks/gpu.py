@@ -31,6 +31,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import helpers  # noqa: E402, F401  (before Keras: TensorFlow's fast CPU kernels)
+
 FULL = {"patch": 64, "batch": 8, "classes": 4, "volume": 256, "warmup": 3, "steps": 20}
 SMOKE = {"patch": 32, "batch": 2, "classes": 2, "volume": 48, "warmup": 1, "steps": 2}
 

@@ -32,6 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import helpers  # noqa: E402, F401  (before Keras: TensorFlow's fast CPU kernels)
+
 PATCH, OVERLAP, CLASSES, BATCH = 64, 0.5, 3, 8
 
 

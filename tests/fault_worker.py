@@ -21,6 +21,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import helpers  # noqa: E402, F401  (before Keras: TensorFlow's fast CPU kernels)
+
+# isort: split
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 

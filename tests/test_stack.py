@@ -86,3 +86,48 @@ def test_importing_helpers_turns_on_tensorflows_onednn_kernels_on_x86_before_ten
         text=True,
     )
     assert kept.stdout.split()[0] == "0"  # a user's own choice wins
+
+
+def test_importing_helpers_after_tensorflow_warns_that_the_fast_kernels_may_be_off():
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    fake_tf = "import sys, types; sys.modules['tensorflow'] = types.ModuleType('tensorflow'); "
+    def run(code):
+        return subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+
+    late, first = run(fake_tf + "import helpers"), run("import helpers; " + fake_tf)
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    assert ("TensorFlow was imported before helpers" in late.stderr) == x86, late.stderr
+    assert "RuntimeWarning" not in first.stderr
+
+
+def test_every_script_that_uses_tensorflow_imports_helpers_at_its_top():
+    """A script run from a shell has no TF_ENABLE_ONEDNN_OPTS unless helpers sets it before
+    TensorFlow loads (``benchmarks/gpu.py --smoke`` once imported Keras first)."""
+    import ast
+
+    scripts = sorted((ROOT / "benchmarks").glob("*.py")) + [ROOT / "tests" / "fault_worker.py"]
+    for script in scripts:
+        tree = ast.parse(script.read_text())
+        imported = [
+            (node.lineno, alias.name.split(".")[0])
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
+        ]
+        uses_tf = [line for line, name in imported if name in ("keras", "tensorflow")]
+        top_helpers = [
+            node.lineno
+            for node in tree.body
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            and any(
+                (alias.name if isinstance(node, ast.Import) else node.module or "").split(".")[0] == "helpers"
+                for alias in node.names
+            )
+        ]
+        if uses_tf:
+            assert top_helpers and min(top_helpers) < min(uses_tf), script.name
