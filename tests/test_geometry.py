@@ -147,3 +147,40 @@ def test_probabilities_are_inverted_channel_by_channel_into_the_chosen_dtype(rng
     tracemalloc.stop()
     result, channel = out.nbytes, 80**3 * 4
     assert peak < result + 4 * channel, (peak, result)  # not 12 float32 channels and their stack
+
+
+def whole_volume_label_resize(array, shape, n):
+    """The reference: every class's indicator interpolated over the whole volume, then the argmax."""
+    from scipy import ndimage as ndi
+
+    factors = [t / s for t, s in zip(shape, array.shape, strict=True)]
+    best, out = np.full(shape, -1.0, np.float32), np.zeros(shape, np.uint8)
+    for c in range(n):
+        score = ndi.zoom((array == c).astype(np.float32), factors, order=1, mode="nearest", grid_mode=True)
+        better = score > best
+        out[better], best[better] = c, score[better]
+    return out
+
+
+GRIDS = [((20, 30, 25), (37, 22, 50)), ((40, 40, 40), (13, 71, 40)), ((31, 17, 23), (31, 17, 46))]
+
+
+@pytest.mark.parametrize("source, target", GRIDS)
+def test_label_resize_equals_the_whole_volume_reference_in_one_whole_volume_pass(source, target, monkeypatch):
+    from scipy import ndimage as ndi
+
+    from helpers import geometry
+
+    rng = np.random.default_rng(sum(source))
+    coarse = rng.integers(0, 4, (5, 6, 7))
+    factors = [s / c for s, c in zip(source, coarse.shape, strict=True)]
+    labels = ndi.zoom(coarse, factors, order=0).astype(np.uint8)
+    labels[0, 0, :3] = 6  # a one-voxel-thick class on the volume's faces
+    labels[source[0] // 2, source[1] // 2, source[2] // 2] = 9  # one voxel inside
+    labels[-2:, -3:, -1] = 12  # the far corner; classes 5, 7, 8, 10 and 11 are absent
+    expected = whole_volume_label_resize(labels, target, 13)
+    calls = []
+    zoom = ndi.zoom
+    monkeypatch.setattr(geometry.ndi, "zoom", lambda *a, **k: calls.append(a[0].shape) or zoom(*a, **k))
+    assert np.array_equal(geometry.resize(labels, target, labels=True, n_classes=13), expected)
+    assert calls == [source]  # the background alone; 13 classes once cost 13 whole-volume passes
