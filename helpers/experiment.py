@@ -236,3 +236,44 @@ def load_trained(run_dir: str | Path, ds: Dataset | None = None) -> tuple[Any, d
                 f"{' and '.join(differs)} differ"
             )
     return load_model(run_dir / "best.keras"), info
+
+
+def large_input(params: dict[str, Any], ds: Dataset, folder: str | Path) -> tuple[Path, tuple[int, ...], int]:
+    """The volume notebook 07 predicts blockwise, written as a zarr store in ``folder``.
+
+    For the embedded datasets, a sandstone of ``params["large_shape"]`` generated tile by
+    tile (never whole in memory), chunked by ``params["large_chunk"]``, against a budget of
+    ``params["memory_budget_mb"]``. For a dataset folder, one of its scans (the first of
+    ``imagesTs/``, else the first test case) brought to the model's working grid (RAS, the
+    target spacing; not normalised: :func:`helpers.distributed.predict_zarr` does that), with
+    chunks of at most ``large_chunk`` that still cut every axis longer than a patch, and a
+    pretended budget of half its size.
+
+    Returns (zarr path, output chunks (Z, Y, X), budget in bytes).
+    """
+    from helpers.datasets import write_sandstone_zarr
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    edge = int(params["large_chunk"])
+    if ds.name in DATASETS:
+        path = folder / f"sandstone_{'x'.join(map(str, params['large_shape']))}.zarr"
+        if not path.exists():
+            write_sandstone_zarr(path, params["large_shape"], chunks=64)
+        return path, (edge,) * 3, int(params["memory_budget_mb"] * 2**20)
+    from helpers.geometry import to_working_grid
+    from helpers.io import load_volume
+    from helpers.zarr_volumes import open_zarr_volume, save_zarr_volume
+
+    if ds.n_channels != 1:
+        raise ValueError(f"{ds.name}: 07 predicts one-channel scans blockwise, not {ds.n_channels} channels")
+    scans = ds.unlabelled or [case.image_path for case, _ in ds.part("test")]
+    source = Path(scans[0])
+    path = folder / f"{source.name.split('.')[0]}_working_grid.zarr"
+    if not path.exists():
+        volume, _ = to_working_grid(load_volume(source), ds.target_spacing)
+        save_zarr_volume(path, volume.array.astype(np.float32), volume.affine, chunks=64)
+    shape = open_zarr_volume(path).shape
+    patch = patch_shape(ds, params)
+    chunks = tuple(min(edge, max(p, -(-s // 2))) for p, s in zip(patch, shape, strict=True))
+    return path, chunks, int(np.prod(shape)) * 4 // 2
