@@ -37,3 +37,9 @@ def test_out_of_core_script_reports_every_route(tmp_path):
     routes = [line.split("|")[1].strip() for line in out.splitlines() if line.strip().startswith("64³")]
     assert routes == ["in-memory", "out= zarr", "out= memmap", "predict_zarr"]
     assert not list(tmp_path.glob("*64*"))  # inputs removed without --keep
+
+
+def test_label_inversion_script_compares_both_routes_and_finds_them_identical():
+    out = run("benchmarks/label_inversion.py", "--slices", "12", "--classes", "4")
+    assert "identical label maps: True" in out
+    assert re.search(r"speed-up \d+\.\dx", out)
