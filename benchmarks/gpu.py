@@ -44,18 +44,32 @@ def _timed(fn, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def measure(mixed: bool, cfg: dict) -> dict:
+def network(spec: str | None, n_classes: int, patch: int):
+    """The ResNet-18 U-Net, or with ``spec`` ('module:factory', called as factory(n_classes,
+    patch)) another network: the smoke test passes a two-layer stand-in, since it checks this
+    script's code path, not the U-Net."""
+    if spec is None:
+        from helpers.model import build_unet
+
+        return build_unet(n_classes, 1, patch)
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)(n_classes, patch)
+
+
+def measure(mixed: bool, cfg: dict, spec: str | None = None) -> dict:
     import keras
 
     from helpers.inference import predict_volume
-    from helpers.model import build_unet, set_precision
+    from helpers.model import set_precision
     from helpers.patches import sliding_windows
     from helpers.training import compile_for_training
 
     keras.backend.clear_session()
     policy = set_precision(mixed)
     p, b, c = cfg["patch"], cfg["batch"], cfg["classes"]
-    model = compile_for_training(build_unet(c, 1, p))
+    model = compile_for_training(network(spec, c, p))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((b, p, p, p, 1), dtype=np.float32)
     y = np.eye(c, dtype=np.float32)[rng.integers(0, c, (b, p, p, p))]
@@ -91,6 +105,7 @@ def measure(mixed: bool, cfg: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="toy sizes, runs on a CPU in about a minute")
+    parser.add_argument("--model", help="'module:factory' for another network than the U-Net (tests)")
     args = parser.parse_args()
     cfg = SMOKE if args.smoke else FULL
 
@@ -109,11 +124,12 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, device {device}")
     print(f"Keras {keras.__version__} ({keras.config.backend()}), NumPy {np.__version__}")
     p, b, c, n = cfg["patch"], cfg["batch"], cfg["classes"], cfg["volume"]
-    print(f"patch {p}^3, batch {b}, {c} classes, ResNet-18 U-Net; predict_volume on {n}^3, overlap 0.5\n")
+    net = args.model or "ResNet-18 U-Net"
+    print(f"patch {p}^3, batch {b}, {c} classes, {net}; predict_volume on {n}^3, overlap 0.5\n")
 
-    rows = [measure(False, cfg)]
+    rows = [measure(False, cfg, args.model)]
     if gpus:
-        rows.append(measure(True, cfg))
+        rows.append(measure(True, cfg, args.model))
     head = (
         f"{'precision':>14s} | {'train patch/s':>13s} {'infer patch/s':>13s} | "
         f"{'batches':>7s} {'model s':>8s} {'predict_volume s':>16s} {'ratio':>6s}"
