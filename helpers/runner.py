@@ -134,7 +134,8 @@ def execute_notebook(
             cwd=str(source.parent),
             progress_bar=False,
             kernel_manager_class=_quiet_kernel_manager(kernel_log),
-        )
+            shutdown_kernel="immediate",  # the cells are done: a graceful shutdown of a kernel
+        )  # with TensorFlow loaded took 3-4 s more (2026-12-02), on every notebook
     except pm.PapermillExecutionError as err:
         raise NotebookError(
             f"{name}.ipynb failed in cell {err.cell_index} (execution count {err.exec_count}): "

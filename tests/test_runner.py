@@ -60,3 +60,18 @@ def test_kernel_noise_goes_to_a_log_not_the_console(tmp_path):
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     texts = [o.get("text", "") for o in executed.cells[-1].outputs]
     assert texts == ["cell output\n"]  # a C library's fd-2 lines stay out of the notebook too
+
+
+def test_a_finished_notebook_s_kernel_is_stopped_not_asked_to_shut_down(tmp_path):
+    """A graceful shutdown of a kernel with TensorFlow loaded cost 3-4 s per notebook; once
+    every cell has run, nothing is left for the kernel to do, so it is stopped at once (its
+    exit handlers, such as this one, never run)."""
+    from helpers.runner import execute_notebook
+
+    marker = tmp_path / "exit-handler-ran"
+    code = f"import atexit, pathlib\natexit.register(pathlib.Path({str(marker)!r}).touch)"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "exit.ipynb")
+    execute_notebook(tmp_path / "exit.ipynb", {}, tmp_path / "out.ipynb")
+    assert (tmp_path / "out.ipynb").exists() and not marker.exists()
