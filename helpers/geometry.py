@@ -200,17 +200,17 @@ def _resize_labels(array: np.ndarray, shape: tuple[int, int, int], n: int) -> np
         if box is None:
             continue
         target, source, offset = [], [], []
-        for sl, r, size, full in zip(box, ratio, shape, array.shape, strict=True):
+        for sl, r, n_target, n_source in zip(box, ratio, shape, array.shape, strict=True):
             t0 = max(0, int(np.floor((sl.start - 0.5) / r - 0.5)))
-            t1 = min(size, int(np.ceil((sl.stop + 0.5) / r - 0.5)) + 1)
+            t1 = min(n_target, int(np.ceil((sl.stop + 0.5) / r - 0.5)) + 1)
             s0 = max(0, int(np.floor((t0 + 0.5) * r - 0.5)))
-            s1 = min(full, int(np.floor((t1 - 0.5) * r - 0.5)) + 2)
+            s1 = min(n_source, int(np.floor((t1 - 0.5) * r - 0.5)) + 2)
             target.append(slice(t0, t1))
             source.append(slice(s0, s1))
             offset.append((t0 + 0.5) * r - 0.5 - s0)
         indicator = (array[tuple(source)] == c).astype(np.float32)
-        size = [t.stop - t.start for t in target]
-        score = ndi.affine_transform(indicator, ratio, offset, output_shape=size, order=1, mode="nearest")
+        reach = [t.stop - t.start for t in target]
+        score = ndi.affine_transform(indicator, ratio, offset, output_shape=reach, order=1, mode="nearest")
         region = tuple(target)
         better = score > best[region]
         out[region][better], best[region][better] = c, score[better]
