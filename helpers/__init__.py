@@ -6,7 +6,8 @@ One module per job, data flowing one way:
   checked), ``io`` (volumes in every format, atomic writes, the validators),
   ``zarr_volumes`` (chunked volumes on disk with their affine);
 - ``geometry`` (align, reorient, resample and invert), ``preprocessing``
-  (normalisation), ``splits`` (train / val / test), ``datasets`` (dataset folders
+  (normalisation), ``case_cache`` (cases preprocessed once to disk, read back as
+  memory maps), ``splits`` (train / val / test), ``datasets`` (dataset folders
   and the embedded data), ``patches`` (windows, padding, blending);
 - ``sampling`` (the patch sampler), ``model`` (the U-Net, losses, metrics),
   ``runs`` (the locked, crash-safe run folder), ``training``;

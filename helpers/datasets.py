@@ -25,7 +25,23 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 
-from helpers.config import DATASETS
+from helpers.case_cache import (
+    CANDIDATES_PER_CLASS,
+    CacheError,
+    MappedArrays,
+    cache_folder,
+    class_candidates,
+    is_complete_npy,
+    open_case,
+    read_case,
+    release_pages,
+    save_array,
+    source_stamp,
+    worker_count,
+    write_case,
+)
+from helpers.case_cache import build_cases as _build_cases
+from helpers.config import DATASETS, OUTPUTS
 from helpers.geometry import Resampling, align_to, check_spacing, ras_spacing, to_working_grid
 from helpers.io import Volume, VolumeError, check_image, check_labels, crop_affine, load_volume
 from helpers.preprocessing import MODALITIES, apply_normalisation, fit_normalisation
@@ -261,6 +277,9 @@ class Case:
         ``resampling.affine`` is the working grid's affine; ``resampling.invert``
         takes a prediction back to the scan's native grid.
     image_path, labels_path : str or None
+    candidates : dict of int to int64 array, optional
+        Flat indices of up to :data:`helpers.case_cache.CANDIDATES_PER_CLASS` voxels of
+        each foreground class, kept by the cache for foreground oversampling.
     """
 
     name: str
@@ -269,6 +288,7 @@ class Case:
     resampling: Resampling
     image_path: str | None = None
     labels_path: str | None = None
+    candidates: dict[int, np.ndarray] | None = None
 
     @property
     def affine(self) -> np.ndarray:
@@ -288,7 +308,7 @@ class Dataset:
     ``normalisation`` was fitted on the training part only; ``unlabelled`` lists the
     scans of ``imagesTs/`` to segment (paths, loaded on demand; every channel file of a
     scan, as :func:`helpers.predict.predict_scans` takes them). ``channel_names`` name
-    the image channels in order
+    the image channels in order; ``cache`` is the folder of its preprocessed cases
     (``modality`` is then one modality per channel). ``reads`` counts the calls of
     :meth:`part` per part, so a notebook can show (and a test check) that it touched the
     test part once.
@@ -306,6 +326,7 @@ class Dataset:
     root: str | None = None
     fingerprint: str = ""
     channel_names: tuple[str, ...] = ("image",)
+    cache: str | None = None
     reads: Counter[str] = field(default_factory=Counter, compare=False, repr=False)
 
     @property
@@ -571,6 +592,9 @@ def open_dataset(
     fractions: Sequence[float] = FRACTIONS,
     sandstone_shape: Sequence[int] = (256, 256, 256),
     brain_zoom: float = 1.0,
+    cache: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    progress: bool = True,
 ) -> Dataset:
     """Open a labelled dataset: a folder in the Decathlon / nnU-Net layout, or an embedded name.
 
@@ -588,6 +612,14 @@ def open_dataset(
     the target spacing (default: the median spacing per axis), images linearly and
     labels per class. The cases are split by case with ``seed`` (or ``split``),
     and the normalisation for the modality is fitted on the training cases only.
+
+    A folder's cases are preprocessed once, to disk (:mod:`helpers.case_cache`), under
+    ``cache`` (default: :func:`default_cache`), in ``workers`` processes (default: one
+    per core when there is much to do), with a progress bar unless ``progress`` is
+    False. Opening the folder again reuses every case whose files are unchanged, and
+    preprocesses again only the cases that changed or were not finished. The cases'
+    ``image`` and ``labels`` are then read-only memory maps (float32 normalised
+    intensities, class indices), so memory does not grow with the number of cases.
 
     ``"sandstone"`` and ``"brain"`` give the embedded single-volume datasets through
     the same type, split into three slabs (train, val, test).
@@ -637,36 +669,32 @@ def open_dataset(
     if not images:
         raise DatasetError(root / "imagesTr", "holds no images")
 
-    loaded = []
-    for stem in sorted(images):
-        try:
-            image = load_channels(images[stem])
-            check_channel_count(image, len(channels), "dataset.json lists")
-            check_image(image.array, images[stem][0])
-            raw = load_volume(label_files[stem])
-            stored = check_labels(align_to(image, raw), None, label_files[stem])
-        except VolumeError as err:
-            raise DatasetError(err.path, f"case {stem!r}: {err.reason}") from None
-        loaded.append((stem, image, stored))
-    present = set().union(*(np.unique(s).tolist() for _, _, s in loaded))
+    sources = {stem: ([str(p) for p in images[stem]], str(label_files[stem])) for stem in sorted(images)}
+    if target_spacing is None:
+        spacings = [_native_spacing(paths[0], stem) for stem, (paths, _) in sources.items()]
+        target_spacing = tuple(float(np.median([s[i] for s in spacings])) for i in range(3))
+    target_spacing = tuple(float(s) for s in target_spacing)
+    root_cache = Path(cache) if cache is not None else default_cache()
+    key = {
+        "root": str(root.resolve()),
+        "spacing": target_spacing,
+        "labels": label_ids,
+        "channels": len(channels),
+    }
+    folder = cache_folder(root_cache, name, key)
+    metas = _preprocess(folder, sources, len(channels), label_ids, target_spacing, workers, progress)
+    present = set().union(*(m["stored_ids"] for m in metas.values()))
     for cls, group in zip(class_names, label_ids, strict=True):
         missing = [i for i in group if i not in present and i != 0]
         if missing:
             raise DatasetError(
                 spec_path, f"label {cls!r} lists id(s) {missing} that no label map in labelsTr/ contains"
             )
-
-    if target_spacing is None:
-        spacings = [ras_spacing(image.affine) for _, image, _ in loaded]
-        target_spacing = tuple(float(np.median([s[i] for s in spacings])) for i in range(3))
     cases = []
-    for stem, image, stored in loaded:
-        work, record = to_working_grid(image, target_spacing)
-        labels = Volume(remap_to_classes(stored, label_ids), image.affine, image.source_format)
-        work_labels, _ = to_working_grid(labels, target_spacing, labels=True, n_classes=len(class_names))
-        cases.append(
-            Case(stem, work.array, work_labels.array, record, str(images[stem][0]), str(label_files[stem]))
-        )
+    for stem, meta in metas.items():
+        raw, labels, candidates = open_case(folder / "cases" / stem)
+        record = _record_from(meta["resampling"])
+        cases.append(Case(stem, raw, labels, record, meta["image_path"], meta["labels_path"], candidates))
 
     names = [c.name for c in cases]
     if len(cases) < MIN_CASES_TO_SPLIT and spec.get("split") is None:
@@ -674,9 +702,13 @@ def open_dataset(
     else:
         split = _case_split(spec.get("split"), names, seed, fractions, spec_path)
     train = _parts(cases, split, "train")
-    stats = fit_normalisation([c.image[r] for c, r in train], [c.labels[r] for c, r in train], modality, seed)
-    for c in cases:
-        c.image = apply_normalisation(c.image, stats)
+    regions = [r for _, r in train]
+    images_tr, labels_tr = (
+        MappedArrays([folder / "cases" / c.name / f"{what}.npy" for c, _ in train], regions)
+        for what in ("image", "labels")
+    )
+    stats = fit_normalisation(images_tr, labels_tr, modality, seed)
+    _normalise_cached(folder, cases, metas, stats)
     unlabelled = []
     tests = _listed(spec, "test", root, spec_path)
     if tests is not None:
@@ -697,7 +729,168 @@ def open_dataset(
         str(root),
         _fingerprint(spec, files),
         tuple(n for n, _ in channels),
+        str(folder),
     )
+
+
+#: Where folder datasets are preprocessed when ``open_dataset`` gets no ``cache``.
+CACHE_ENV = "HELPERS_CACHE_DIR"
+
+
+def default_cache() -> Path:
+    """``$HELPERS_CACHE_DIR`` if set, else ``outputs/preprocessed`` in the course folder."""
+    return Path(os.environ.get(CACHE_ENV) or OUTPUTS / "preprocessed")
+
+
+def _native_spacing(path: str, case: str) -> tuple[float, float, float]:
+    """Case ``case``'s spacing (RAS, Z, Y, X mm) from its scan ``path``; a NIfTI's from its header alone."""
+    if str(path).lower().endswith((".nii", ".nii.gz")) and Path(path).is_file():
+        import nibabel as nib
+
+        try:
+            return ras_spacing(np.asarray(nib.load(path).affine, dtype=np.float64))
+        except Exception as err:  # nibabel raises many types for damaged headers
+            reason = f"corrupt or truncated file ({type(err).__name__}: {err})"
+            raise DatasetError(path, f"case {case!r}: {reason}") from None
+    try:
+        return ras_spacing(load_volume(path).affine)
+    except VolumeError as err:
+        raise DatasetError(err.path, f"case {case!r}: {err.reason}") from None
+
+
+@dataclass(frozen=True)
+class _CaseJob:
+    """One case to preprocess into ``folder`` (picklable, for a worker process)."""
+
+    name: str
+    images: tuple[str, ...]
+    labels: str
+    folder: str
+    n_channels: int
+    label_ids: tuple[tuple[int, ...], ...]
+    target_spacing: tuple[float, float, float]
+
+
+def _stored_ids(stored: np.ndarray) -> list[int]:
+    """The label ids a label map holds, counted 16 slices at a time."""
+    found: set[int] = set()
+    for z in range(0, stored.shape[0], 16):
+        found.update(np.unique(stored[z : z + 16]).tolist())
+    return sorted(int(i) for i in found)
+
+
+def _preprocess_case(job: _CaseJob) -> dict[str, Any] | tuple[str, str | None, str]:
+    """Load, check, align, remap and resample one case into the cache; (error type, file, reason) if not."""
+    try:
+        image = load_channels(job.images)
+        check_channel_count(image, job.n_channels, "dataset.json lists")
+        check_image(image.array, job.images[0])
+        stored = check_labels(align_to(image, load_volume(job.labels)), None, job.labels)
+        ids = _stored_ids(stored)
+        classes = remap_to_classes(stored, [list(g) for g in job.label_ids])
+        del stored
+        work, record = to_working_grid(image, job.target_spacing)
+        image_array = work.array.astype(np.float32, copy=False)
+        del image, work
+        n = len(job.label_ids)
+        labels = Volume(classes, record.native_affine, "numpy")
+        work_labels = to_working_grid(labels, job.target_spacing, labels=True, n_classes=n)[0].array
+        del labels, classes
+        candidates = class_candidates(work_labels, range(1, max(n, 2)), limit=CANDIDATES_PER_CLASS)
+        meta = {
+            "name": job.name,
+            "sources": source_stamp([*job.images, job.labels]),
+            "image_path": job.images[0],
+            "labels_path": job.labels,
+            "stored_ids": ids,
+            "resampling": _record_json(record),
+        }
+        return write_case(Path(job.folder), {"image": image_array, "labels": work_labels}, candidates, meta)
+    except VolumeError as err:  # returned, not raised: it travels back from a worker process
+        return (type(err).__name__, err.path, err.reason)
+
+
+def _record_json(record: Resampling) -> dict[str, Any]:
+    return {
+        "native_shape": list(record.native_shape),
+        "native_affine": record.native_affine.tolist(),
+        "transform": np.asarray(record.transform).tolist(),
+        "oriented_shape": list(record.oriented_shape),
+        "shape": list(record.shape),
+        "affine": record.affine.tolist(),
+    }
+
+
+def _record_from(data: dict[str, Any]) -> Resampling:
+    return Resampling(
+        tuple(data["native_shape"]),  # type: ignore[arg-type]
+        np.asarray(data["native_affine"], dtype=np.float64),
+        np.asarray(data["transform"], dtype=np.float64),
+        tuple(data["oriented_shape"]),  # type: ignore[arg-type]
+        tuple(data["shape"]),  # type: ignore[arg-type]
+        np.asarray(data["affine"], dtype=np.float64),
+    )
+
+
+#: Below this many bytes of source files to preprocess, starting worker processes costs more than it saves.
+PARALLEL_BYTES = 64 * 2**20
+
+
+def _preprocess(
+    folder: Path,
+    sources: dict[str, tuple[list[str], str]],
+    n_channels: int,
+    label_ids: list[list[int]],
+    target_spacing: Sequence[float],
+    workers: int | None,
+    progress: bool,
+) -> dict[str, dict[str, Any]]:
+    """Every case's cache ``meta``, preprocessing the cases not yet cached (or changed since)."""
+    metas: dict[str, dict[str, Any]] = {}
+    jobs = []
+    ids = tuple(tuple(int(i) for i in g) for g in label_ids)
+    spacing = tuple(float(s) for s in target_spacing)
+    for stem, (image_paths, labels_path) in sources.items():
+        where = folder / "cases" / stem
+        meta = read_case(where, [*image_paths, labels_path])
+        if meta is not None:
+            metas[stem] = meta
+        else:
+            jobs.append(_CaseJob(stem, tuple(image_paths), labels_path, str(where), n_channels, ids, spacing))  # type: ignore[arg-type]
+    if workers is None:
+        size = sum(e[1] for job in jobs for e in source_stamp([*job.images, job.labels]))
+        workers = worker_count(len(jobs), None) if size >= PARALLEL_BYTES else 1
+    results = _build_cases(_preprocess_case, jobs, worker_count(len(jobs), workers), progress=progress)
+    for job, result in zip(jobs, results, strict=True):
+        if isinstance(result, tuple):
+            kind, path, reason = result
+            if kind == CacheError.__name__:
+                raise CacheError(path, reason)
+            raise DatasetError(path, f"case {job.name!r}: {reason}")
+        metas[job.name] = result
+    return {stem: metas[stem] for stem in sources}
+
+
+def _normalise_cached(
+    folder: Path, cases: Sequence[Case], metas: dict[str, dict[str, Any]], stats: dict[str, Any]
+) -> None:
+    """Point each case's ``image`` at its normalised copy in the cache, writing the copies missing."""
+    digest = hashlib.sha256(json.dumps(stats, sort_keys=True).encode()).hexdigest()[:12]
+    target = folder / f"normalised-{digest}"
+    target.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        meta = metas[case.name]
+        path = target / f"{case.name}.{meta['id']}.npy"
+        raw = case.image
+        if not is_complete_npy(path, raw.shape, "float32"):
+            save_array(path, apply_normalisation(np.asarray(raw), stats))
+            stale = re.compile(re.escape(case.name) + r"\.[0-9a-f]{12}\.npy")
+            for old in target.iterdir():
+                if old != path and stale.fullmatch(old.name):
+                    old.unlink(missing_ok=True)
+        release_pages(raw)
+        release_pages(case.labels)
+        case.image = np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 #: Fewer labelled cases than this are each cut into train / validation / test slabs.

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from helpers.case_cache import release_pages
 from helpers.config import DATASETS
 from helpers.datasets import Dataset, remap_to_classes
 from helpers.results import write_json
@@ -80,6 +81,8 @@ def score_test(
         if baseline and ds.name in DATASETS:
             guess = multiotsu_baseline(case.image[region], ds.n_classes)
             per_case_base[case.name] = case_scores(truth, guess, ds.class_names, spacing)
+        release_pages(case.image)  # a cached case's memory map leaves the process's memory
+        release_pages(case.labels)
     grid = "working" if ds.split["kind"] == "slabs" else "native"
     result: dict[str, Any] = {"part": part, "classes": list(ds.class_names), "shapes": shapes, "grid": grid}
     for label, scores in (("unet", per_case), ("baseline", per_case_base)):

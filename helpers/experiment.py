@@ -32,22 +32,26 @@ class ModelMismatchError(ValueError):
 
 
 @lru_cache(maxsize=4)
-def _open(dataset: str, shape: tuple[int, ...], zoom: float, fraction: float) -> Dataset:
+def _open(dataset: str, shape: tuple[int, ...], zoom: float, fraction: float, cache: str) -> Dataset:
     rest = (1.0 - fraction) / 2
-    return open_dataset(dataset, sandstone_shape=shape, brain_zoom=zoom, fractions=(fraction, rest, rest))
+    return open_dataset(
+        dataset, sandstone_shape=shape, brain_zoom=zoom, fractions=(fraction, rest, rest), cache=cache
+    )
 
 
 def prepare(params: dict[str, Any]) -> Dataset:
     """The dataset of ``params``: aligned, resampled, normalised, split (cached per process).
 
     The embedded volumes are split into three slabs: the first ``1 - val_fraction``
-    for training, the rest halved into validation and test.
+    for training, the rest halved into validation and test. A dataset folder is
+    preprocessed once into ``<output_dir>/preprocessed`` (:mod:`helpers.case_cache`).
     """
     return _open(
         params["dataset"],
         tuple(params["sandstone_shape"]),
         float(params["brain_zoom"]),
         1.0 - float(params["val_fraction"]),
+        str(Path(params["output_dir"]) / "preprocessed"),
     )
 
 
@@ -73,9 +77,18 @@ def make_samplers(ds: Dataset, params: dict[str, Any], patch: tuple[int, int, in
 
     def sampler(part: str, steps: int, **options: Any) -> PatchSampler:
         images, labels = ds.arrays(part)
-        names = [case.name for case, _ in ds.part(part)]
+        pairs = ds.part(part)
+        whole = [c.candidates if r == (slice(None),) * 3 else None for c, r in pairs]
         return PatchSampler(
-            images, labels, patch, params["batch_size"], steps, n_classes=ds.n_classes, names=names, **options
+            images,
+            labels,
+            patch,
+            params["batch_size"],
+            steps,
+            n_classes=ds.n_classes,
+            names=[c.name for c, _ in pairs],
+            candidates=whole,
+            **options,
         )
 
     train = sampler("train", params["steps_per_epoch"], seed=0)

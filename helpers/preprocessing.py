@@ -95,7 +95,7 @@ def fit_normalisation(
     """
     if not isinstance(modality, str):
         per = [
-            fit_normalisation([np.asarray(i)[..., c] for i in images], labels, m, seed)
+            fit_normalisation([i[..., c] for i in images], labels, m, seed)  # views: memory maps stay on disk
             for c, m in enumerate(modality)
         ]
         return {"scheme": "per-channel", "channels": per}

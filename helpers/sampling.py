@@ -21,48 +21,13 @@ from typing import Any
 import keras
 import numpy as np
 
+from helpers.case_cache import class_candidates, release_pages
 from helpers.io import check_image, check_labels
 from helpers.patches import as_patch_shape, pad_to_patch
 from helpers.preprocessing import one_hot
 
 #: Candidate centre voxels kept per class and case (subsampled above it).
 MAX_CANDIDATES = 500_000
-
-
-def class_candidates(
-    labels: np.ndarray,
-    classes: Sequence[int],
-    limit: int = MAX_CANDIDATES,
-    seed: int = 0,
-    chunk: int = 16,
-) -> dict[int, np.ndarray]:
-    """Flat indices (int64, sorted) of the voxels of each class in ``classes``, at most ``limit`` each.
-
-    Reads ``labels`` (an array or memmap) ``chunk`` Z slices at a time, so a large
-    memmap is never loaded whole. Above ``limit`` each chunk keeps its share of the
-    class, drawn at random with ``seed``. Classes with no voxel are left out.
-    """
-    plane = int(np.prod(labels.shape[1:]))
-    starts = range(0, labels.shape[0], chunk)
-    counts = {c: [] for c in classes}
-    for z in starts:
-        block = np.asarray(labels[z : z + chunk])
-        for c in classes:
-            counts[c].append(int(np.count_nonzero(block == c)))
-    rng = np.random.default_rng([seed, 2**31])
-    parts: dict[int, list[np.ndarray]] = {c: [] for c in classes if sum(counts[c])}
-    for i, z in enumerate(starts):
-        wanted = [c for c in parts if counts[c][i]]
-        if not wanted:
-            continue
-        flat = np.asarray(labels[z : z + chunk]).ravel()
-        for c in wanted:
-            idx = np.flatnonzero(flat == c) + z * plane
-            total = sum(counts[c])
-            if total > limit:
-                idx = np.sort(rng.choice(idx, round(limit * counts[c][i] / total), replace=False))
-            parts[c].append(idx)
-    return {c: np.concatenate(p) for c, p in parts.items() if sum(len(a) for a in p)}
 
 
 def augment_patch(
@@ -133,6 +98,10 @@ class PatchSampler(keras.utils.PyDataset):
         False gives the same batches every epoch (use it for validation).
     names : list of str, optional
         Case names, for messages.
+    candidates : list of dict, optional
+        Per case, {class: flat indices (int64) of voxels of that class}, as a dataset's
+        cache keeps them (:attr:`helpers.datasets.Case.candidates`); saves reading
+        every label map to find them. A case that must be padded gets its own.
     **kwargs
         ``workers``, ``use_multiprocessing``, ``max_queue_size`` for Keras.
 
@@ -154,6 +123,7 @@ class PatchSampler(keras.utils.PyDataset):
         background: int = 0,
         resample_each_epoch: bool = True,
         names: Sequence[str] | None = None,
+        candidates: Sequence[dict[int, np.ndarray] | None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -171,6 +141,9 @@ class PatchSampler(keras.utils.PyDataset):
             raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction!r}")
         self.patch = as_patch_shape(patch_size)
         self.images, self.labels = [], []
+        given = list(candidates) if candidates is not None else [None] * len(images)
+        if len(given) != len(images):
+            raise ValueError(f"candidates must have one entry per case ({len(images)}), got {len(given)}")
         for name, img, lab in zip(names, images, label_maps, strict=True):
             where = "image" if len(images) == 1 else f"image of {name}"
             img = check_image(img, where)
@@ -187,8 +160,12 @@ class PatchSampler(keras.utils.PyDataset):
                     f"{short} (Z=0, Y=1, X=2); it is zero-padded",
                     stacklevel=2,
                 )
+            if short:
+                given[len(self.images)] = None
             self.images.append(pad_to_patch(img, self.patch)[0])
             self.labels.append(pad_to_patch(lab, self.patch)[0])
+            release_pages(img)  # the checks read every voxel of a memory map
+            release_pages(lab)
         self.names = names
         channels = {1 if i.ndim == 3 else i.shape[3] for i in self.images}
         if len(channels) != 1:
@@ -199,8 +176,13 @@ class PatchSampler(keras.utils.PyDataset):
         self.seed, self.epoch, self.resample = int(seed), 0, resample_each_epoch
         foreground = [c for c in range(max(self.n_classes, 2)) if c != background]
         self.candidates = [
-            class_candidates(lab, foreground, seed=self.seed + k) for k, lab in enumerate(self.labels)
+            {c: v for c, v in cand.items() if c in foreground}
+            if cand is not None
+            else class_candidates(lab, foreground, MAX_CANDIDATES, seed=self.seed + k)
+            for k, (cand, lab) in enumerate(zip(given, self.labels, strict=True))
         ]
+        for lab in self.labels:
+            release_pages(lab)
         self.classes = sorted({c for cand in self.candidates for c in cand})
         self.cases_with = {
             c: [k for k, cand in enumerate(self.candidates) if c in cand] for c in self.classes
@@ -238,8 +220,10 @@ class PatchSampler(keras.utils.PyDataset):
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         x = np.empty((self.batch_size, *self.patch, self.channels), dtype=np.float32)
         y = np.empty((self.batch_size, *self.patch), dtype=np.uint8 if self.n_classes <= 256 else np.int32)
+        touched = set()
         for b in range(self.batch_size):
             k, (z0, y0, x0) = self._start(rng)
+            touched.add(k)
             win = (
                 slice(z0, z0 + self.patch[0]),
                 slice(y0, y0 + self.patch[1]),
@@ -252,6 +236,9 @@ class PatchSampler(keras.utils.PyDataset):
             if self.augment:
                 img, lab = augment_patch(img, lab, rng)
             x[b], y[b] = img, lab
+        for k in touched:
+            release_pages(self.images[k])  # a memory map's pages leave the process with the batch
+            release_pages(self.labels[k])
         return x, y
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:

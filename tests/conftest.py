@@ -1,7 +1,13 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MPLBACKEND", "Agg")
+if "HELPERS_CACHE_DIR" not in os.environ:  # dataset folders opened by tests are preprocessed here
+    os.environ["HELPERS_CACHE_DIR"] = tempfile.mkdtemp(prefix="helpers-cache-")
+    atexit.register(shutil.rmtree, os.environ["HELPERS_CACHE_DIR"], True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
