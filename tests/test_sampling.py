@@ -141,3 +141,21 @@ def test_labels_beyond_255_keep_their_value_in_the_batch():
     x, y = sampler.sample(0)
     assert y.max() == 300 and np.array_equal(y[0], labels)
     assert sampler[0][1].argmax(-1).max() == 300
+
+
+def test_given_candidates_are_the_only_foreground_centres_and_must_match_the_cases():
+    labels = np.zeros((48, 48, 48), np.uint8)
+    labels[4:8, 4:8, 4:8] = 1  # two blobs of class 1; the candidates name only the far one
+    labels[40:44, 40:44, 40:44] = 1
+    far = np.flatnonzero(labels.ravel() == 1)
+    far = far[np.unravel_index(far, labels.shape)[0] >= 40]
+    image = labels.astype(np.float32)
+    sampler = PatchSampler(image, labels, 16, 8, 4, foreground_fraction=1.0, augment=False, n_classes=2,
+                           candidates=[{1: far}])  # fmt: skip
+    assert np.array_equal(sampler.candidates[0][1], far)
+    x = np.concatenate([sampler.sample(i)[0] for i in range(len(sampler))])
+    assert x.shape[0] == 32 and np.all(x[:, 8, 8, 8, 0] == 1)
+    starts = [sampler._start(np.random.default_rng(i))[1] for i in range(50)]
+    assert all(min(s) >= 32 - 8 for s in starts), "a centre was drawn from the blob the candidates leave out"
+    with pytest.raises(ValueError, match="one entry per case"):
+        PatchSampler([image, image], [labels, labels], 16, 2, 1, n_classes=2, candidates=[{1: far}])
