@@ -154,6 +154,11 @@ def grid_affine(affine: np.ndarray, shape: Sequence[int], new_shape: Sequence[in
     return check_affine(affine) @ step
 
 
+#: Target Z slices that :func:`resize` computes at a time: beyond its result, its working
+#: memory is a few slabs (a 32-slice slab of 512 x 512 float32 is 32 MB), not whole volumes.
+RESIZE_SLAB = 32
+
+
 def resize(
     array: np.ndarray,
     shape: Sequence[int],
@@ -163,57 +168,87 @@ def resize(
 ) -> np.ndarray:
     """Resample ``array`` (Z, Y, X[, C]) to the spatial ``shape`` over the same box.
 
-    Images: linear interpolation, in ``dtype`` (float32; float16 halves a probability map).
-    Channels are resampled one at a time into the preallocated result, so the working
-    memory beyond it is one channel. ``labels=True``: each class's indicator is
-    interpolated linearly and the argmax taken, uint8 (classes 0..n_classes-1).
+    Images: linear interpolation (the values of ``ndi.zoom(..., order=1, mode="nearest",
+    grid_mode=True)``), in ``dtype`` (float32; float16 halves a probability map).
+    ``labels=True``: each class's indicator is interpolated linearly and the argmax taken,
+    uint8 (classes 0..n_classes-1). Either way the result is computed
+    :data:`RESIZE_SLAB` target slices at a time, one channel at a time, straight into the
+    preallocated result: the working memory beyond it is a few slabs, whatever the
+    volume's size or number of classes.
     """
     shape = tuple(int(s) for s in shape[:3])
     if tuple(array.shape[:3]) == shape:
         return array.astype(dtype) if not labels else array.astype(np.uint8)
-    factors = [n / s for n, s in zip(shape, array.shape[:3], strict=True)]
     if labels:
         n = int(n_classes if n_classes is not None else int(array.max()) + 1)
         return _resize_labels(np.asarray(array), shape, n)
-    if array.ndim == 4:
-        out = np.empty((*shape, array.shape[3]), dtype)
-        for c in range(array.shape[3]):
-            out[..., c] = resize(array[..., c], shape)
-        return out
-    zoomed = ndi.zoom(np.asarray(array, np.float32), factors, order=1, mode="nearest", grid_mode=True)
-    return zoomed if zoomed.dtype == dtype else zoomed.astype(dtype)
+    out = np.empty((*shape, *array.shape[3:]), dtype)
+    for c in range(array.shape[3] if array.ndim == 4 else 1):
+        channel = array[..., c] if array.ndim == 4 else array
+        target = out[..., c] if array.ndim == 4 else out
+        for z0 in range(0, shape[0], RESIZE_SLAB):
+            slab = (slice(z0, min(z0 + RESIZE_SLAB, shape[0])), slice(0, shape[1]), slice(0, shape[2]))
+            target[slab[0]] = _zoom_region(channel, slab, lambda block: np.asarray(block, np.float32), shape)
+    return out
+
+
+def _zoom_region(
+    array: np.ndarray, target: Sequence[slice], indicator: Any, shape: Sequence[int] | None = None
+) -> np.ndarray:
+    """Linear grid-mode interpolation of ``indicator(array[window])`` over the ``target`` region
+    (3 slices of the resampled grid, ``shape``, default the slices' stops): float32, the values
+    ``ndi.zoom`` gives there, reading only the source voxels that region needs."""
+    full = tuple(int(s.stop) for s in target) if shape is None else tuple(shape)
+    ratio = np.array(array.shape[:3], float) / np.array(full, float)  # source voxels per target voxel
+    source, offset = [], []
+    for t, r, n_source in zip(target, ratio, array.shape[:3], strict=True):
+        s0 = max(0, int(np.floor((t.start + 0.5) * r - 0.5)))
+        s1 = min(n_source, int(np.floor((t.stop - 0.5) * r - 0.5)) + 2)
+        source.append(slice(s0, s1))
+        offset.append((t.start + 0.5) * r - 0.5 - s0)
+    block = indicator(array[tuple(source)])
+    reach = [t.stop - t.start for t in target]
+    return ndi.affine_transform(block, ratio, offset, output_shape=reach, order=1, mode="nearest")
+
+
+def _reach(box: Sequence[slice], ratio: np.ndarray, shape: Sequence[int]) -> list[slice]:
+    """The target voxels whose interpolation a source ``box`` can touch."""
+    return [
+        slice(
+            max(0, int(np.floor((sl.start - 0.5) / r - 0.5))),
+            min(n, int(np.ceil((sl.stop + 0.5) / r - 0.5)) + 1),
+        )
+        for sl, r, n in zip(box, ratio, shape, strict=True)
+    ]
 
 
 def _resize_labels(array: np.ndarray, shape: tuple[int, int, int], n: int) -> np.ndarray:
     """Per-class linear interpolation of the class indicators, then the argmax (ties to the
-    lower class). The background is interpolated over the whole volume; every other class only
-    over its bounding box (``ndi.find_objects``, one pass for all classes) and the target voxels
-    that box can reach, where its indicator is not zero. The cost is one whole-volume pass plus
-    the classes' boxes, not one pass per class, with the values of a whole-volume ``ndi.zoom``.
+    lower class), :data:`RESIZE_SLAB` target slices at a time. In each slab the background is
+    interpolated over the whole slab, every other class only where its bounding box
+    (``ndi.find_objects``, one pass for all classes) can reach: the cost is one whole-volume
+    pass plus the classes' boxes, not one pass per class, and the memory beyond the result is
+    a few slabs, with the values of a whole-volume ``ndi.zoom`` per class.
     """
-    ratio = np.array(array.shape[:3], float) / np.array(shape, float)  # source voxels per target voxel
-    factors = [t / s for t, s in zip(shape, array.shape[:3], strict=True)]
-    best = ndi.zoom((array == 0).astype(np.float32), factors, order=1, mode="nearest", grid_mode=True)
-    out = np.zeros(shape, np.uint8)
+    ratio = np.array(array.shape[:3], float) / np.array(shape, float)
     boxes = ndi.find_objects(array, max_label=n - 1) if n > 1 else []
-    for c, box in enumerate(boxes, start=1):
-        if box is None:
-            continue
-        target, source, offset = [], [], []
-        for sl, r, n_target, n_source in zip(box, ratio, shape, array.shape, strict=True):
-            t0 = max(0, int(np.floor((sl.start - 0.5) / r - 0.5)))
-            t1 = min(n_target, int(np.ceil((sl.stop + 0.5) / r - 0.5)) + 1)
-            s0 = max(0, int(np.floor((t0 + 0.5) * r - 0.5)))
-            s1 = min(n_source, int(np.floor((t1 - 0.5) * r - 0.5)) + 2)
-            target.append(slice(t0, t1))
-            source.append(slice(s0, s1))
-            offset.append((t0 + 0.5) * r - 0.5 - s0)
-        indicator = (array[tuple(source)] == c).astype(np.float32)
-        reach = [t.stop - t.start for t in target]
-        score = ndi.affine_transform(indicator, ratio, offset, output_shape=reach, order=1, mode="nearest")
-        region = tuple(target)
-        better = score > best[region]
-        out[region][better], best[region][better] = c, score[better]
+    reaches = [(c, _reach(box, ratio, shape)) for c, box in enumerate(boxes, start=1) if box is not None]
+    out = np.empty(shape, np.uint8)
+    for z0 in range(0, shape[0], RESIZE_SLAB):
+        z1 = min(z0 + RESIZE_SLAB, shape[0])
+        slab = (slice(z0, z1), slice(0, shape[1]), slice(0, shape[2]))
+        best = _zoom_region(array, slab, lambda block: (block == 0).astype(np.float32), shape)
+        labels = np.zeros(best.shape, np.uint8)
+        for c, reach in reaches:
+            zs = slice(max(reach[0].start, z0), min(reach[0].stop, z1))
+            if zs.start >= zs.stop:
+                continue
+            region = (zs, reach[1], reach[2])
+            score = _zoom_region(array, region, lambda block, c=c: (block == c).astype(np.float32), shape)
+            local = (slice(zs.start - z0, zs.stop - z0), reach[1], reach[2])
+            better = score > best[local]
+            labels[local][better], best[local][better] = c, score[better]
+        out[z0:z1] = labels
     return out
 
 

@@ -488,10 +488,14 @@ def _check_out(out: Any, shape: tuple[int, ...], output: Output) -> None:
                 f"out has shape {tuple(out.shape)} and dtype {out.dtype}; output='labels' needs "
                 f"shape {shape} and an integer dtype such as uint8"
             )
-    elif len(out.shape) != 4 or tuple(out.shape[:3]) != shape or np.dtype(out.dtype) != np.float32:
+    elif (
+        len(out.shape) != 4
+        or tuple(out.shape[:3]) != shape
+        or np.dtype(out.dtype) not in (np.float32, np.float16)
+    ):
         raise ValueError(
             f"out has shape {tuple(out.shape)} and dtype {out.dtype}; output='probabilities' needs "
-            f"shape {(*shape, 'n_classes')} and dtype float32"
+            f"shape {(*shape, 'n_classes')} and dtype float32 (or float16)"
         )
 
 
@@ -563,7 +567,8 @@ def predict_volume(
         Threads that share the stitching arithmetic (default: cores, at most 4).
     out : writable array, optional
         Receives the result slab by slab instead of a new array: (Z, Y, X) integer
-        for labels, (Z, Y, X, n_classes) float32 for probabilities. A memmap or zarr
+        for labels, (Z, Y, X, n_classes) float32 for probabilities (or float16: half the
+        memory, each value rounded once after blending in float32). A memmap or zarr
         array lets the output exceed memory. ``out`` is returned.
     region : 3 slices, optional
         Compute only the windows of the whole volume's grid that touch ``region`` and

@@ -100,7 +100,9 @@ def segment(
     ``tta`` is passed to :func:`helpers.inference.predict_volume`; ``keep_largest``
     lists classes reduced to their largest connected component on the native grid.
     Returns ``(labels, probs)`` on the scan's native grid: labels uint8 (Z, Y, X),
-    probs float32 (Z, Y, X, n_classes) or None.
+    probs float16 (Z, Y, X, n_classes) or None. The working memory beyond the scan and
+    the result is about the working grid's image and, with ``probabilities``, its float16
+    probabilities.
     """
     from helpers.inference import predict_volume
     from helpers.postprocessing import keep_largest_component
@@ -110,8 +112,11 @@ def segment(
     check_image(scan.array, scan.path or "scan")
     work, record = to_working_grid(scan, info["target_spacing"])
     image = apply_normalisation(work.array, info["normalisation"])
+    del work
     n_classes = len(info["class_names"])
     output = "probabilities" if probabilities else "labels"
+    # probabilities are written as float16: kept so on the working grid too, half the memory
+    out = np.empty((*image.shape[:3], n_classes), np.float16) if probabilities else None
     pred = predict_volume(
         model,
         image,
@@ -121,12 +126,14 @@ def segment(
         output=output,
         progress=progress,
         tta=tta,
+        out=out,
     )
+    del image
     if not probabilities:
         labels, probs = record.invert(pred, labels=True, n_classes=n_classes), None
     else:
-        probs = record.invert(pred, labels=False, dtype=np.float16)  # what is written: half the memory
-        del pred
+        probs = record.invert(pred, labels=False, dtype=np.float16)
+        del pred, out
         labels = np.empty(probs.shape[:3], np.uint8)
         for z in range(0, len(labels), 16):  # argmax's int64 result, a slab at a time
             labels[z : z + 16] = np.argmax(probs[z : z + 16], axis=-1)

@@ -182,8 +182,34 @@ def test_label_resize_equals_the_whole_volume_reference_in_one_whole_volume_pass
     labels[source[0] // 2, source[1] // 2, source[2] // 2] = 9  # one voxel inside
     labels[-2:, -3:, -1] = 12  # the far corner; classes 5, 7, 8, 10 and 11 are absent
     expected = per_class_reference()(labels, target, 13)
-    calls = []
-    zoom = ndi.zoom
-    monkeypatch.setattr(geometry.ndi, "zoom", lambda *a, **k: calls.append(a[0].shape) or zoom(*a, **k))
+    computed = []
+    affine = ndi.affine_transform
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        computed.append(int(np.prod(kwargs["output_shape"])))
+        return affine(*args, **kwargs)
+
+    monkeypatch.setattr(geometry.ndi, "affine_transform", counting)
+    monkeypatch.setattr(geometry, "RESIZE_SLAB", 7)  # several slabs, so their seams are checked too
     assert np.array_equal(geometry.resize(labels, target, labels=True, n_classes=13), expected)
-    assert calls == [source]  # the background alone; 13 classes once cost 13 whole-volume passes
+    # the background once and classes 1-3, which fill the volume, once each, plus the three small
+    # classes' boxes: under 5 volumes, where one pass per class computed 13
+    assert sum(computed) < 5 * np.prod(target), sum(computed) / np.prod(target)
+
+
+def test_label_inversion_needs_a_few_slabs_beyond_its_result():
+    """Issue 20: inverting a CT's 13 classes held a float32 score over the whole native grid
+    (420 MB at 512 x 512 x 400), and one per class while a noisy prediction spread every class."""
+    import tracemalloc
+
+    from helpers.geometry import RESIZE_SLAB, resize
+
+    rng = np.random.default_rng(3)
+    noisy = rng.integers(0, 13, (80, 60, 60)).astype(np.uint8)  # every class's box is the volume
+    target = (320, 120, 120)
+    tracemalloc.start()
+    out = resize(noisy, target, labels=True, n_classes=13)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    slab = RESIZE_SLAB * target[1] * target[2] * 4  # one float32 slab
+    assert peak < out.nbytes + 5 * slab < np.prod(target) * 4, (peak, out.nbytes, slab)
