@@ -292,6 +292,7 @@ def main() -> None:
                 f"A: open_dataset, {args.cases} cases, {when}",
                 *measure([*me, "--step", "open", str(full), str(cache)]),
             )
+        measure([*me, "--step", "open", str(few), str(cache)])  # preprocessed beforehand, not measured
         for n, folder in ((args.small, few), (args.cases, full)):
             step = [*me, "--step", "sample", str(folder), str(cache)]
             _row(f"A: sampling, {n} cases (open, then one cpu-profile epoch)", *measure(step))

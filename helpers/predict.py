@@ -115,8 +115,9 @@ def segment(
     del work
     n_classes = len(info["class_names"])
     output = "probabilities" if probabilities else "labels"
-    # probabilities are written as float16: kept so on the working grid too, half the memory
-    out = np.empty((*image.shape[:3], n_classes), np.float16) if probabilities else None
+    # probabilities are written as float16: kept so on the working grid too (half the memory),
+    # each class in one block (channel-first), as the inversion reads them
+    out = np.moveaxis(np.empty((n_classes, *image.shape[:3]), np.float16), 0, -1) if probabilities else None
     pred = predict_volume(
         model,
         image,

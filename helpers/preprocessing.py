@@ -106,7 +106,7 @@ def fit_normalisation(
     rng = np.random.default_rng(seed)
     samples = []
     for image, lab in zip(images, labels, strict=True):
-        values = np.asarray(image)[np.asarray(lab) > 0]
+        values = _foreground(image, lab)
         if values.size > CT_SAMPLES_PER_CASE:
             values = rng.choice(values, CT_SAMPLES_PER_CASE, replace=False)
         samples.append(values.astype(np.float64))
@@ -122,6 +122,15 @@ def fit_normalisation(
         "mean": float(clipped.mean()),
         "std": float(clipped.std()) or 1.0,
     }
+
+
+def _foreground(image: np.ndarray, labels: np.ndarray, slab: int = 16) -> np.ndarray:
+    """``image[labels > 0]`` read ``slab`` Z slices at a time, so a memory map is never loaded whole."""
+    parts = [
+        np.asarray(image[z : z + slab])[np.asarray(labels[z : z + slab]) > 0]
+        for z in range(0, image.shape[0], slab)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 def apply_normalisation(image: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
