@@ -15,7 +15,7 @@ the dataset in memory:
   rebuilt when they are not;
 - built in worker processes (:func:`build_cases`), never more than the machine's cores.
 
-:func:`release_pages` drops the pages of a memory map that reading touched from the
+:func:`helpers.io.release_pages` drops the pages of a memory map that reading touched from the
 process's resident memory (the kernel keeps them in its page cache), so sampling
 patches from 41 cases costs no more memory than from 5.
 """
@@ -26,7 +26,6 @@ import contextlib
 import errno
 import hashlib
 import json
-import mmap
 import os
 import re
 import shutil
@@ -88,19 +87,6 @@ def class_candidates(
                 idx = np.sort(rng.choice(idx, round(limit * counts[c][i] / total), replace=False))
             parts[c].append(idx)
     return {c: np.concatenate(p) for c, p in parts.items() if sum(len(a) for a in p)}
-
-
-def release_pages(array: Any) -> None:
-    """Drop the pages of memory map ``array`` (or a view of one) from this process's resident memory.
-
-    The data stays on disk and in the kernel's page cache; the next read maps it back
-    in, at the cost of a page fault. Anything that is not a memory map is left alone,
-    as is every array on a system without ``madvise`` (Windows).
-    """
-    handle = getattr(array, "_mmap", None)
-    if isinstance(handle, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        with contextlib.suppress(OSError, ValueError):
-            handle.madvise(mmap.MADV_DONTNEED)
 
 
 def cache_folder(root: str | os.PathLike[str], name: str, key: dict[str, Any]) -> Path:

@@ -34,7 +34,6 @@ from helpers.case_cache import (
     is_complete_npy,
     open_case,
     read_case,
-    release_pages,
     save_array,
     source_stamp,
     worker_count,
@@ -43,7 +42,7 @@ from helpers.case_cache import (
 from helpers.case_cache import build_cases as _build_cases
 from helpers.config import DATASETS, OUTPUTS
 from helpers.geometry import Resampling, align_to, check_spacing, ras_spacing, to_working_grid
-from helpers.io import Volume, VolumeError, check_image, check_labels, crop_affine, load_volume
+from helpers.io import Volume, VolumeError, check_image, check_labels, crop_affine, load_volume, release_pages
 from helpers.preprocessing import MODALITIES, apply_normalisation, fit_normalisation
 from helpers.splits import FRACTIONS, PARTS, SplitError, slab_index, split_cases, split_slabs
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from helpers.case_cache import release_pages
 from helpers.config import DATASETS
 from helpers.datasets import Dataset, remap_to_classes
+from helpers.io import release_pages
 from helpers.results import write_json
 
 

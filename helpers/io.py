@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import re
 import tempfile
@@ -852,6 +853,19 @@ def _save_tiff(tmp: Path, array: np.ndarray, affine: np.ndarray) -> None:
 _CHUNK = 8
 
 
+def release_pages(array: Any) -> None:
+    """Drop the pages of memory map ``array`` (or a view of one) from this process's resident memory.
+
+    The data stays on disk and in the kernel's page cache; the next read maps it back
+    in, at the cost of a page fault. Anything that is not a memory map is left alone,
+    as is every array on a system without ``madvise`` (Windows).
+    """
+    handle = getattr(array, "_mmap", None)
+    if isinstance(handle, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):
+            handle.madvise(mmap.MADV_DONTNEED)
+
+
 def check_finite(volume: Any, path: Any = "volume", origin: Sequence[int] = (0, 0, 0)) -> None:
     """Raise VolumeError if a float ``volume`` holds NaN or Inf, scanning ``_CHUNK`` Z slices at a time.
 
@@ -869,6 +883,7 @@ def check_finite(volume: Any, path: Any = "volume", origin: Sequence[int] = (0, 
     for z0 in range(0, volume.shape[0], zstep):
         for y0 in range(0, volume.shape[1], ystep):
             chunk = np.asarray(volume[z0 : z0 + zstep, y0 : y0 + ystep])
+            release_pages(volume)  # a memory map's pages read so far leave this process
             if not np.isfinite(chunk).all():
                 bad = np.argwhere(~np.isfinite(chunk))[0]
                 where = (
@@ -907,6 +922,7 @@ def check_labels(
     lo, hi = None, None
     for z0 in range(0, labels.shape[0], _CHUNK):
         chunk = np.asarray(labels[z0 : z0 + _CHUNK])
+        release_pages(labels)
         if not integer:
             if not np.isfinite(chunk).all():
                 raise VolumeError(path, "labels must be finite integers; they hold NaN or Inf")

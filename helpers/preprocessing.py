@@ -125,11 +125,14 @@ def fit_normalisation(
 
 
 def _foreground(image: np.ndarray, labels: np.ndarray, slab: int = 16) -> np.ndarray:
-    """``image[labels > 0]`` read ``slab`` Z slices at a time, so a memory map is never loaded whole."""
-    parts = [
-        np.asarray(image[z : z + slab])[np.asarray(labels[z : z + slab]) > 0]
-        for z in range(0, image.shape[0], slab)
-    ]
+    """``image[labels > 0]``, read ``slab`` Z slices at a time: a memory map is never in memory whole."""
+    from helpers.io import release_pages
+
+    parts = []
+    for z in range(0, image.shape[0], slab):
+        parts.append(np.asarray(image[z : z + slab])[np.asarray(labels[z : z + slab]) > 0])
+        release_pages(image)  # the pages read so far leave this process's memory
+        release_pages(labels)
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 

@@ -21,8 +21,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from helpers.case_cache import class_candidates, release_pages
-from helpers.io import check_image, check_labels
+from helpers.case_cache import class_candidates
+from helpers.io import check_image, check_labels, release_pages
 from helpers.patches import as_patch_shape, pad_to_patch
 from helpers.preprocessing import one_hot
 
@@ -140,7 +140,7 @@ class PatchSampler(keras.utils.PyDataset):
         if not isinstance(foreground_fraction, (int, float)) or not 0 <= foreground_fraction <= 1:
             raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction!r}")
         self.patch = as_patch_shape(patch_size)
-        self.images, self.labels = [], []
+        self.images, self.labels, self.extents = [], [], []  # extents: the shapes, zero-padded to a patch
         given = list(candidates) if candidates is not None else [None] * len(images)
         if len(given) != len(images):
             raise ValueError(f"candidates must have one entry per case ({len(images)}), got {len(given)}")
@@ -160,10 +160,9 @@ class PatchSampler(keras.utils.PyDataset):
                     f"{short} (Z=0, Y=1, X=2); it is zero-padded",
                     stacklevel=2,
                 )
-            if short:
-                given[len(self.images)] = None
-            self.images.append(pad_to_patch(img, self.patch)[0])
-            self.labels.append(pad_to_patch(lab, self.patch)[0])
+            self.images.append(img)
+            self.labels.append(lab)
+            self.extents.append(tuple(max(s, p) for s, p in zip(img.shape[:3], self.patch, strict=True)))
             release_pages(img)  # the checks read every voxel of a memory map
             release_pages(lab)
         self.names = names
@@ -202,14 +201,15 @@ class PatchSampler(keras.utils.PyDataset):
             holders = self.cases_with[cls]
             k = holders[rng.integers(len(holders))]
             cand = self.candidates[k][cls]
-            shape = self.labels[k].shape
-            centre = np.unravel_index(cand[rng.integers(len(cand))], shape)
+            centre = np.unravel_index(cand[rng.integers(len(cand))], self.labels[k].shape)
+            extent = self.extents[k]
             start = tuple(
-                int(min(max(c - p // 2, 0), s - p)) for c, p, s in zip(centre, self.patch, shape, strict=True)
+                int(min(max(c - p // 2, 0), s - p))
+                for c, p, s in zip(centre, self.patch, extent, strict=True)
             )
             return k, start  # type: ignore[return-value]
         k = int(rng.integers(len(self.labels)))
-        shape = self.labels[k].shape
+        shape = self.extents[k]
         return k, tuple(int(rng.integers(0, s - p + 1)) for p, s in zip(self.patch, shape, strict=True))  # type: ignore[return-value]
 
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -220,25 +220,27 @@ class PatchSampler(keras.utils.PyDataset):
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         x = np.empty((self.batch_size, *self.patch, self.channels), dtype=np.float32)
         y = np.empty((self.batch_size, *self.patch), dtype=np.uint8 if self.n_classes <= 256 else np.int32)
-        touched = set()
         for b in range(self.batch_size):
             k, (z0, y0, x0) = self._start(rng)
-            touched.add(k)
             win = (
                 slice(z0, z0 + self.patch[0]),
                 slice(y0, y0 + self.patch[1]),
                 slice(x0, x0 + self.patch[2]),
             )
-            img = np.asarray(self.images[k][win], dtype=np.float32)
-            lab = np.asarray(self.labels[k][win])
+            img = np.array(self.images[k][win], dtype=np.float32)  # copies: no view into a memory map
+            lab = np.array(self.labels[k][win])
+            release_pages(self.images[k])  # so its pages leave the process with each patch
+            release_pages(self.labels[k])
             if img.ndim == 3:
                 img = img[..., None]
+            if lab.shape != self.patch:  # a case shorter than the patch: zero-padded at the far end
+                img, lab = (
+                    pad_to_patch(img, self.patch)[0],
+                    pad_to_patch(lab[..., None], self.patch)[0][..., 0],
+                )
             if self.augment:
                 img, lab = augment_patch(img, lab, rng)
             x[b], y[b] = img, lab
-        for k in touched:
-            release_pages(self.images[k])  # a memory map's pages leave the process with the batch
-            release_pages(self.labels[k])
         return x, y
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:

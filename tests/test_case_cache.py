@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from helpers import datasets
-from helpers.case_cache import CACHE_VERSION, release_pages
+from helpers.case_cache import CACHE_VERSION
 from helpers.datasets import make_cores_dataset, open_dataset
-from helpers.io import load_volume, save_volume
+from helpers.io import load_volume, release_pages, save_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 CORES = [f"core0{i}" for i in range(7)]
