@@ -177,7 +177,11 @@ def write_case(
         The disk or a quota is full, or the folder cannot be written.
     """
     parent = folder.parent
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = f"cannot be created for the preprocessed cases: {err.strerror or err}"
+        raise CacheError(parent, reason) from None
     remove_stale_folders(parent)
     meta = {
         **meta,

@@ -154,6 +154,14 @@ def test_a_full_disk_is_named_with_the_cache_folder_and_leaves_no_half_case(
     assert not list(cache.glob("*/cases/*/meta.json")) and not list(cache.glob("*/cases/.*"))
 
 
+def test_a_cache_that_cannot_be_a_folder_is_named(cores: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should go")
+    with pytest.raises(ValueError, match="cannot be created") as err:
+        _open(cores, blocker)
+    assert str(blocker) in str(err.value)
+
+
 def test_two_worker_processes_preprocess_exactly_what_one_process_does(cores: Path, tmp_path: Path) -> None:
     one = _open(cores, tmp_path / "one", workers=1)
     two = _open(cores, tmp_path / "two", workers=2)
