@@ -692,7 +692,7 @@ def open_dataset(
     cases = []
     for stem, meta in metas.items():
         raw, labels, candidates = open_case(folder / "cases" / stem)
-        record = _record_from(meta["resampling"])
+        record = Resampling.from_json(meta["resampling"])
         cases.append(Case(stem, raw, labels, record, meta["image_path"], meta["labels_path"], candidates))
 
     names = [c.name for c in cases]
@@ -802,33 +802,11 @@ def _preprocess_case(job: _CaseJob) -> dict[str, Any] | tuple[str, str | None, s
             "image_path": job.images[0],
             "labels_path": job.labels,
             "stored_ids": ids,
-            "resampling": _record_json(record),
+            "resampling": record.to_json(),
         }
         return write_case(Path(job.folder), {"image": image_array, "labels": work_labels}, candidates, meta)
     except VolumeError as err:  # returned, not raised: it travels back from a worker process
         return (type(err).__name__, err.path, err.reason)
-
-
-def _record_json(record: Resampling) -> dict[str, Any]:
-    return {
-        "native_shape": list(record.native_shape),
-        "native_affine": record.native_affine.tolist(),
-        "transform": np.asarray(record.transform).tolist(),
-        "oriented_shape": list(record.oriented_shape),
-        "shape": list(record.shape),
-        "affine": record.affine.tolist(),
-    }
-
-
-def _record_from(data: dict[str, Any]) -> Resampling:
-    return Resampling(
-        tuple(data["native_shape"]),  # type: ignore[arg-type]
-        np.asarray(data["native_affine"], dtype=np.float64),
-        np.asarray(data["transform"], dtype=np.float64),
-        tuple(data["oriented_shape"]),  # type: ignore[arg-type]
-        tuple(data["shape"]),  # type: ignore[arg-type]
-        np.asarray(data["affine"], dtype=np.float64),
-    )
 
 
 #: Below this many bytes of source files to preprocess, starting worker processes costs more than it saves.

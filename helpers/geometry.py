@@ -268,6 +268,23 @@ class Resampling:
     shape: tuple[int, int, int]
     affine: np.ndarray
 
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON-ready lists (:meth:`from_json` reads it back)."""
+        return {
+            "native_shape": list(self.native_shape),
+            "native_affine": self.native_affine.tolist(),
+            "transform": np.asarray(self.transform).tolist(),
+            "oriented_shape": list(self.oriented_shape),
+            "shape": list(self.shape),
+            "affine": self.affine.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Resampling:
+        arrays = {k: np.asarray(data[k], dtype=np.float64) for k in ("native_affine", "transform", "affine")}
+        shapes = {k: tuple(int(n) for n in data[k]) for k in ("native_shape", "oriented_shape", "shape")}
+        return cls(**shapes, **arrays)  # type: ignore[arg-type]
+
     def invert(
         self, array: np.ndarray, labels: bool = True, n_classes: int | None = None, dtype: Any = np.float32
     ) -> np.ndarray:
