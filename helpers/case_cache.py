@@ -38,12 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from helpers.io import SLOW_WRITE_ENV, VolumeError, atomic_path
+from helpers.io import SLOW_WRITE_ENV, VolumeError, atomic_path, release_pages
 
 #: Bump when what a cached case holds or how it is computed changes: older caches are rebuilt.
 CACHE_VERSION = 1
 #: Voxels kept per class and case for foreground oversampling (nnU-Net keeps 10,000).
 CANDIDATES_PER_CLASS = 10_000
+#: Candidate centre voxels kept per class and case when sampling computes them (subsampled above it).
+MAX_CANDIDATES = 500_000
 #: Disk errors that mean "no room left": a full disk, a quota, a file-size limit.
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _TMP_DIR = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.partial$")
@@ -56,15 +58,16 @@ class CacheError(VolumeError):
 def class_candidates(
     labels: np.ndarray,
     classes: Sequence[int],
-    limit: int = 500_000,
+    limit: int = MAX_CANDIDATES,
     seed: int = 0,
     chunk: int = 16,
 ) -> dict[int, np.ndarray]:
     """Flat indices (int64, sorted) of the voxels of each class in ``classes``, at most ``limit`` each.
 
-    Reads ``labels`` (an array or memmap) ``chunk`` Z slices at a time, so a large
-    memmap is never loaded whole. Above ``limit`` each chunk keeps its share of the
-    class, drawn at random with ``seed``. Classes with no voxel are left out.
+    Reads ``labels`` (an array or memmap) ``chunk`` Z slices at a time, dropping a
+    memmap's pages after each, so a large memmap is never in memory whole. Above
+    ``limit`` each chunk keeps its share of the class, drawn at random with ``seed``.
+    Classes with no voxel are left out.
     """
     plane = int(np.prod(labels.shape[1:]))
     starts = range(0, labels.shape[0], chunk)
@@ -73,6 +76,7 @@ def class_candidates(
         block = np.asarray(labels[z : z + chunk])
         for c in classes:
             counts[c].append(int(np.count_nonzero(block == c)))
+        release_pages(labels)  # after the last use of the block, a view into a memory map
     rng = np.random.default_rng([seed, 2**31])
     parts: dict[int, list[np.ndarray]] = {c: [] for c in classes if sum(counts[c])}
     for i, z in enumerate(starts):
@@ -86,6 +90,7 @@ def class_candidates(
             if total > limit:
                 idx = np.sort(rng.choice(idx, round(limit * counts[c][i] / total), replace=False))
             parts[c].append(idx)
+        release_pages(labels)
     return {c: np.concatenate(p) for c, p in parts.items() if sum(len(a) for a in p)}
 
 

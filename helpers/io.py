@@ -883,8 +883,9 @@ def check_finite(volume: Any, path: Any = "volume", origin: Sequence[int] = (0, 
     for z0 in range(0, volume.shape[0], zstep):
         for y0 in range(0, volume.shape[1], ystep):
             chunk = np.asarray(volume[z0 : z0 + zstep, y0 : y0 + ystep])
-            release_pages(volume)  # a memory map's pages read so far leave this process
-            if not np.isfinite(chunk).all():
+            finite = np.isfinite(chunk).all()
+            release_pages(volume)  # after the last use of the chunk, a view into a memory map
+            if not finite:
                 bad = np.argwhere(~np.isfinite(chunk))[0]
                 where = (
                     int(bad[0]) + z0 + origin[0],
@@ -922,13 +923,13 @@ def check_labels(
     lo, hi = None, None
     for z0 in range(0, labels.shape[0], _CHUNK):
         chunk = np.asarray(labels[z0 : z0 + _CHUNK])
-        release_pages(labels)
         if not integer:
             if not np.isfinite(chunk).all():
                 raise VolumeError(path, "labels must be finite integers; they hold NaN or Inf")
             if np.any(chunk != np.round(chunk)):
                 raise VolumeError(path, "labels hold non-integer values; expected class indices")
         c_lo, c_hi = chunk.min(), chunk.max()
+        release_pages(labels)  # after the last use of the chunk, a view into a memory map
         lo = c_lo if lo is None else min(lo, c_lo)
         hi = c_hi if hi is None else max(hi, c_hi)
     lo, hi = int(lo), int(hi)

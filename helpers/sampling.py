@@ -26,9 +26,6 @@ from helpers.io import check_image, check_labels, release_pages
 from helpers.patches import as_patch_shape, pad_to_patch
 from helpers.preprocessing import one_hot
 
-#: Candidate centre voxels kept per class and case (subsampled above it).
-MAX_CANDIDATES = 500_000
-
 
 def augment_patch(
     image: np.ndarray, labels: np.ndarray, rng: np.random.Generator
@@ -101,7 +98,7 @@ class PatchSampler(keras.utils.PyDataset):
     candidates : list of dict, optional
         Per case, {class: flat indices (int64) of voxels of that class}, as a dataset's
         cache keeps them (:attr:`helpers.datasets.Case.candidates`); saves reading
-        every label map to find them. A case that must be padded gets its own.
+        every label map to find them. Indices are into the case's own shape, unpadded.
     **kwargs
         ``workers``, ``use_multiprocessing``, ``max_queue_size`` for Keras.
 
@@ -163,8 +160,6 @@ class PatchSampler(keras.utils.PyDataset):
             self.images.append(img)
             self.labels.append(lab)
             self.extents.append(tuple(max(s, p) for s, p in zip(img.shape[:3], self.patch, strict=True)))
-            release_pages(img)  # the checks read every voxel of a memory map
-            release_pages(lab)
         self.names = names
         channels = {1 if i.ndim == 3 else i.shape[3] for i in self.images}
         if len(channels) != 1:
@@ -177,11 +172,9 @@ class PatchSampler(keras.utils.PyDataset):
         self.candidates = [
             {c: v for c, v in cand.items() if c in foreground}
             if cand is not None
-            else class_candidates(lab, foreground, MAX_CANDIDATES, seed=self.seed + k)
+            else class_candidates(lab, foreground, seed=self.seed + k)
             for k, (cand, lab) in enumerate(zip(given, self.labels, strict=True))
         ]
-        for lab in self.labels:
-            release_pages(lab)
         self.classes = sorted({c for cand in self.candidates for c in cand})
         self.cases_with = {
             c: [k for k, cand in enumerate(self.candidates) if c in cand] for c in self.classes
