@@ -16,15 +16,15 @@ from helpers.runner import execute_notebook
 TENSORFLOW_NOISE = ("absl", "oneDNN", "cuda drivers")
 
 
-def run_clean(name: str, params: dict[str, Any], target: Path, resume_demo: bool = True) -> float:
+def run_clean(name: str, params: dict[str, Any], target: Path, demos: bool = True) -> float:
     """Execute notebook ``name`` with ``params`` into ``target``; assert that every cell ran
     without an error, a traceback or TensorFlow's C++ log lines. Returns the seconds it took.
 
-    ``resume_demo=False`` skips 04's interrupted-and-resumed demo (two more short fits
-    of its model, with state commits), which the sandstone pass runs.
+    ``demos=False`` skips 04's overfit-one-batch check and its interrupted-and-resumed
+    demo (more short fits of its model, with state commits), which the sandstone pass runs.
     """
-    if name == "04_training" and not resume_demo:
-        params = {**params, "resume_demo": False}
+    if name == "04_training" and not demos:
+        params = {**params, "resume_demo": False, "overfit_steps": 0}
     seconds = execute_notebook(name, params, target)
     executed = nbformat.read(target, as_version=4)
     code = [c for c in executed.cells if c.cell_type == "code"]

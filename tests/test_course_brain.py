@@ -1,6 +1,6 @@
 """Issue 6: the course's second pass, 04-06 on the embedded brain MRI with the quick profile.
 
-The resume demo of 04 is skipped here (``resume_demo=False``): the sandstone pass runs it.
+The overfit check and the resume demo of 04 are skipped here (``demos=False``): the sandstone pass runs them.
 """
 
 import json
@@ -24,7 +24,7 @@ def brain_out(tmp_path_factory):
 @pytest.mark.parametrize("name", SECOND_PASS)
 def test_notebook_runs_with_quick_profile(brain_out, name):
     params = {"profile": "quick", "dataset": "brain", "output_dir": str(brain_out)}
-    run_clean(name, params, brain_out / "executed" / f"{name}-brain.ipynb", resume_demo=False)
+    run_clean(name, params, brain_out / "executed" / f"{name}-brain.ipynb", demos=False)
 
 
 def test_the_brain_pass_is_scored_and_summarised(brain_out):

@@ -27,7 +27,7 @@ def own_dataset(tmp_path_factory):
 @pytest.mark.parametrize("name", ["04_training", "05_evaluation", "06_unpatchify_visualization"])
 def test_zero_code_course_on_a_dataset_folder(own_dataset, name):
     params = {"profile": "quick", "dataset": str(own_dataset["root"]), "output_dir": str(own_dataset["out"])}
-    run_clean(name, params, own_dataset["out"] / "executed" / f"{name}.ipynb", resume_demo=False)
+    run_clean(name, params, own_dataset["out"] / "executed" / f"{name}.ipynb", demos=False)
 
 
 def test_zero_code_scores_every_test_case_and_segments_every_new_scan(own_dataset):

@@ -117,7 +117,7 @@ def test_a_dataset_of_two_cases_runs_through_training_evaluation_and_prediction(
     out = tmp_path / "course"
     params = {"profile": "quick", "dataset": str(root), "output_dir": str(out)}
     for name in ("04_training", "05_evaluation", "06_unpatchify_visualization"):
-        run_clean(name, params, out / "executed" / f"{name}.ipynb", resume_demo=False)
+        run_clean(name, params, out / "executed" / f"{name}.ipynb", demos=False)
     evaluation = json.loads((out / "metrics" / f"Few{n_cases}.json").read_text())["evaluation"]
     assert evaluation["grid"] == "working" and sorted(evaluation["cases"]) == [
         f"scan{k}" for k in range(n_cases)
