@@ -235,7 +235,8 @@ def predict_zarr(
         Created if missing, with the input's affine; ``(Z, Y, X)`` uint8 labels or
         ``(Z, Y, X, n_classes)`` float32 probabilities. An existing store must match.
     client : dask.distributed.Client, optional
-        Any cluster. By default a LocalCluster of ``n_workers`` processes, one thread each,
+        Any cluster. By default a LocalCluster of ``n_workers`` processes, one task at a
+        time each, whose TensorFlow shares the cores out (:func:`worker_threads_env`) and
         whose workers write what they print to ``<output_zarr>.workers.log``.
     patch_size, overlap, batch_size, blend, output, tta
         As for :func:`helpers.inference.predict_volume`.
@@ -427,6 +428,26 @@ def default_workers() -> int:
     return gpu_count() or max(1, min(8, os.cpu_count() or 1))
 
 
+def worker_threads_env(n_workers: int, gpus: int | None = None) -> dict[str, str]:
+    """Environment for ``n_workers`` TensorFlow worker processes on this machine's CPU cores.
+
+    Each worker's TensorFlow otherwise starts thread pools as wide as the machine, so
+    two workers on 2 cores run four busy threads. On CPUs this gives each worker
+    ``cores // n_workers`` intra-op threads (at least one) and one inter-op thread; with
+    a GPU (``gpus`` > 0, by default :func:`helpers.model.gpu_count`) it returns ``{}``.
+    On 2 cores with 2 workers, 192^3 in eight 96^3 chunks: see ``docs/benchmarks.md``.
+    """
+    if gpus is None:
+        from helpers.model import gpu_count
+
+        gpus = gpu_count()
+    if gpus:
+        return {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // max(1, n_workers))
+    return {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1"}
+
+
 def _run(
     task: dict[str, Any],
     todo: list[tuple[tuple[int, int, int], tuple[slice, ...]]],
@@ -450,10 +471,12 @@ def _run(
     if client is None:
         from distributed import Client, LocalCluster
 
+        workers = n_workers or default_workers()
         with (
             LocalCluster(
-                n_workers=n_workers or default_workers(),
+                n_workers=workers,
                 threads_per_worker=1,
+                env=worker_threads_env(workers),
                 processes=True,
                 dashboard_address=":0",
                 silence_logs=40,

@@ -44,3 +44,12 @@ def small_unet_stand_in(n_classes, patch_size, in_channels=1, **_):
     inputs = keras.Input((*patch, in_channels))
     x = keras.layers.Conv3D(4, 3, padding="same", activation="relu")(inputs)
     return keras.Model(inputs, keras.layers.Conv3D(n_classes, 1, activation="softmax", dtype="float32")(x))
+
+
+def ramp_logging_threads():
+    """ramp_model, after appending this worker's pid and TensorFlow thread settings to the
+    file named by STUB_THREADS_LOG: what the worker process was started with."""
+    with open(os.environ["STUB_THREADS_LOG"], "a") as log:
+        log.write(f"{os.getpid()} {os.environ.get('TF_NUM_INTRAOP_THREADS')} "
+                  f"{os.environ.get('TF_NUM_INTEROP_THREADS')}\n")
+    return ramp_model

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from stub_models import ramp_model
 
-from helpers.distributed import ModelSpecError, completed_chunks, predict_zarr
+from helpers.distributed import ModelSpecError, completed_chunks, predict_zarr, worker_threads_env
 from helpers.inference import predict_volume
 from helpers.io import VolumeError, load_volume, save_volume
 from helpers.zarr_volumes import (
@@ -106,9 +106,11 @@ def _worker_env():
 def test_predict_zarr_on_a_local_cluster_loads_the_model_on_each_worker(volume_zarr, tmp_path, monkeypatch):
     v, path = volume_zarr
     monkeypatch.setenv("PYTHONPATH", _worker_env()["PYTHONPATH"])
+    threads_log = tmp_path / "threads.log"
+    monkeypatch.setenv("STUB_THREADS_LOG", str(threads_log))
     ref = predict_volume(ramp_model, v, 32, 0.5, 4, output="labels", progress=False)
     stats = predict_zarr(
-        "stub_models:ramp",
+        "stub_models:ramp_logging_threads",
         path,
         tmp_path / "o.zarr",
         patch_size=32,
@@ -119,6 +121,19 @@ def test_predict_zarr_on_a_local_cluster_loads_the_model_on_each_worker(volume_z
     )
     assert np.array_equal(open_zarr_volume(tmp_path / "o.zarr")[:], ref)
     assert len(stats["workers"]) == 2 and os.getpid() not in stats["workers"]
+    # each worker's TensorFlow gets its share of the cores, not pools as wide as the machine
+    share = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    lines = threads_log.read_text().splitlines()
+    started = {int(pid): (intra, inter) for pid, intra, inter in map(str.split, lines)}
+    assert set(started) == set(stats["workers"]) and set(started.values()) == {(share, "1")}
+
+
+def test_worker_threads_share_the_cores_on_cpus_and_are_left_alone_with_a_gpu(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert worker_threads_env(2, gpus=0) == {"TF_NUM_INTRAOP_THREADS": "4", "TF_NUM_INTEROP_THREADS": "1"}
+    assert worker_threads_env(3, gpus=0)["TF_NUM_INTRAOP_THREADS"] == "2"
+    assert worker_threads_env(16, gpus=0)["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert worker_threads_env(2, gpus=1) == {}
 
 
 def test_a_killed_run_resumes_with_only_the_missing_chunks(volume_zarr, tmp_path, monkeypatch):
