@@ -4,6 +4,16 @@ import shutil
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Under pytest-xdist, each worker's TensorFlow (and the notebook kernels and commands it starts,
+# which inherit this environment) gets its share of the cores, not thread pools as wide as the
+# machine: two workers on 2 cores otherwise run four busy pools (docs/benchmarks.md, 2026-12-02).
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    from helpers.config import gpu_visible
+    from helpers.distributed import worker_threads_env
+
+    for _name, _value in worker_threads_env(_workers, gpus=int(gpu_visible())).items():
+        os.environ.setdefault(_name, _value)
 os.environ.setdefault("MPLBACKEND", "Agg")
 if "HELPERS_CACHE_DIR" not in os.environ:  # dataset folders opened by tests are preprocessed here
     os.environ["HELPERS_CACHE_DIR"] = tempfile.mkdtemp(prefix="helpers-cache-")
