@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from helpers.config import usable_cores
 from helpers.io import SLOW_WRITE_ENV, VolumeError, atomic_path, release_pages
 
 #: Bump when what a cached case holds or how it is computed changes: older caches are rebuilt.
@@ -286,8 +287,7 @@ def worker_count(n_tasks: int, workers: int | None) -> int:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an integer >= 1 or None, got {workers!r}")
         return max(1, min(workers, n_tasks))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, n_tasks))
+    return max(1, min(usable_cores(), n_tasks))
 
 
 def build_cases(

@@ -137,6 +137,14 @@ class ProfileError(ValueError):
     """An unknown profile or parameter name."""
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, as a container or ``taskset``
+    limits it), else ``os.cpu_count()``; at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def gpu_visible() -> bool:
     """True when ``nvidia-smi -L`` lists at least one GPU (no TensorFlow import)."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):

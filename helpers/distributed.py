@@ -435,7 +435,7 @@ def worker_threads_env(n_workers: int, gpus: int | None = None) -> dict[str, str
     two workers on 2 cores run four busy threads. On CPUs this gives each worker
     ``cores // n_workers`` intra-op threads (at least one) and one inter-op thread; with
     a GPU (``gpus`` > 0, by default :func:`helpers.model.gpu_count`) it returns ``{}``.
-    On 2 cores with 2 workers, 192^3 in eight 96^3 chunks: see ``docs/benchmarks.md``.
+    Measured by ``benchmarks/zarr_threads.py`` (``docs/benchmarks.md``).
     """
     if gpus is None:
         from helpers.model import gpu_count
@@ -443,8 +443,9 @@ def worker_threads_env(n_workers: int, gpus: int | None = None) -> dict[str, str
         gpus = gpu_count()
     if gpus:
         return {}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = max(1, cores // max(1, n_workers))
+    from helpers.config import usable_cores
+
+    threads = max(1, usable_cores() // max(1, n_workers))
     return {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1"}
 
 

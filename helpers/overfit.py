@@ -86,6 +86,20 @@ def overfit_one_batch(model: keras.Model, x: np.ndarray, y: np.ndarray, steps: i
     return record.losses
 
 
+def classes_present(y: np.ndarray) -> int:
+    """How many classes appear in one-hot labels ``y`` (..., n_classes); for one 0/1
+    channel (a binary task), whether background and foreground each appear: 0, 1 or 2.
+
+    >>> classes_present(np.eye(3)[[0, 2, 2]])
+    2
+    >>> classes_present(np.array([[0.0], [1.0]]))
+    2
+    """
+    voxels = y.reshape(-1, y.shape[-1])
+    count = int(voxels.any(axis=0).sum())
+    return count + int((voxels == 0).any()) if y.shape[-1] == 1 else count
+
+
 def batch_with_most_classes(sampler: Any, tries: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """The first of batches ``0 .. tries - 1`` of ``sampler`` with the most classes present.
 
@@ -99,9 +113,7 @@ def batch_with_most_classes(sampler: Any, tries: int = 8) -> tuple[np.ndarray, n
     best, best_count = None, -1
     for index in range(tries):
         x, y = sampler[index]
-        voxels = y.reshape(-1, y.shape[-1])
-        present = voxels.any(axis=0)
-        count = int(present.sum()) + (int((voxels == 0).any()) if y.shape[-1] == 1 else 0)
+        count = classes_present(y)
         if count > best_count:
             best, best_count = (x, y), count
         if count == max(y.shape[-1], 2):

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers.overfit import batch_with_most_classes, overfit_one_batch
+from helpers.overfit import batch_with_most_classes, classes_present, overfit_one_batch
 from helpers.sampling import PatchSampler
 
 
@@ -62,7 +62,7 @@ def test_a_batch_with_every_class_is_chosen_without_moving_the_sampler():
     epoch = sampler.epoch
     x, y = batch_with_most_classes(sampler, tries=64)
     present = y.reshape(-1, 4).any(axis=0)
-    assert present[[0, 1, 3]].all() and x.shape == (1, 16, 16, 16, 1)
+    assert present[[0, 1, 3]].all() and classes_present(y) == 3 and x.shape == (1, 16, 16, 16, 1)
     assert sampler.epoch == epoch
 
 
@@ -83,3 +83,11 @@ def test_an_uncompiled_model_or_a_mismatched_batch_is_refused(batch):
     bare = keras.Model(model.inputs, model.outputs)
     with pytest.raises(ValueError, match="must be compiled"):
         overfit_one_batch(bare, x, y, steps=2)
+
+
+def test_docstring_examples_hold():
+    import doctest
+
+    import helpers.overfit
+
+    assert doctest.testmod(helpers.overfit).failed == 0
