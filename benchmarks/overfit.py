@@ -25,7 +25,7 @@ import keras
 from helpers.config import get_params
 from helpers.experiment import make_samplers, patch_shape, prepare
 from helpers.model import SegmentationLoss, build_unet, iou_metrics
-from helpers.overfit import batch_with_most_classes, overfit_one_batch
+from helpers.overfit import batch_with_most_classes, classes_present, overfit_one_batch
 
 
 def compiled_unet(ds, patch, params, learning_rate: float) -> keras.Model:
@@ -52,10 +52,10 @@ def main() -> int:
     patch = patch_shape(ds, params)
     train_data, _ = make_samplers(ds, params, patch)
     x, y = batch_with_most_classes(train_data)
-    present = int(y.reshape(-1, y.shape[-1]).any(axis=0).sum())
     rate = params["learning_rate"]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; profile {args.profile}: U-Net, batch "
-          f"{len(x)} x {patch}, {present} of {ds.n_classes} classes, {params['loss']}, Adam {rate:g}")
+          f"{len(x)} x {patch}, {classes_present(y)} of {ds.n_classes} classes, {params['loss']}, "
+          f"Adam {rate:g}")
 
     model = compiled_unet(ds, patch, params, rate)
     start = time.perf_counter()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from stub_models import ramp_model
 
+from helpers.config import usable_cores
 from helpers.distributed import ModelSpecError, completed_chunks, predict_zarr, worker_threads_env
 from helpers.inference import predict_volume
 from helpers.io import VolumeError, load_volume, save_volume
@@ -122,7 +123,7 @@ def test_predict_zarr_on_a_local_cluster_loads_the_model_on_each_worker(volume_z
     assert np.array_equal(open_zarr_volume(tmp_path / "o.zarr")[:], ref)
     assert len(stats["workers"]) == 2 and os.getpid() not in stats["workers"]
     # each worker's TensorFlow gets its share of the cores, not pools as wide as the machine
-    share = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    share = str(max(1, usable_cores() // 2))
     lines = threads_log.read_text().splitlines()
     started = {int(pid): (intra, inter) for pid, intra, inter in map(str.split, lines)}
     assert set(started) == set(stats["workers"]) and set(started.values()) == {(share, "1")}
