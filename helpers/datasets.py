@@ -41,8 +41,10 @@ from helpers.case_cache import (
 )
 from helpers.case_cache import build_cases as _build_cases
 from helpers.config import DATASETS, OUTPUTS
-from helpers.geometry import Resampling, align_to, check_spacing, ras_spacing, to_working_grid
-from helpers.io import Volume, VolumeError, check_image, check_labels, crop_affine, load_volume, release_pages
+from helpers.geometry import Resampling, check_spacing, ras_spacing, reorient, to_working_grid
+from helpers.io import Volume, VolumeError, check_image, crop_affine, load_volume, release_pages
+from helpers.label_maps import read_label_map, remap_to_classes  # noqa: F401  (remap_to_classes: old path)
+from helpers.planning import case_statistics
 from helpers.preprocessing import MODALITIES, apply_normalisation, fit_normalisation
 from helpers.splits import FRACTIONS, PARTS, SplitError, slab_index, split_cases, split_slabs
 
@@ -276,6 +278,9 @@ class Case:
         ``resampling.affine`` is the working grid's affine; ``resampling.invert``
         takes a prediction back to the scan's native grid.
     image_path, labels_path : str or None
+        The scan's file (its first channel's) and its label map.
+    image_paths : tuple of str
+        Every channel file of the scan, in channel order.
     candidates : dict of int to int64 array, optional
         Flat indices of up to :data:`helpers.case_cache.CANDIDATES_PER_CLASS` voxels of
         each foreground class, kept by the cache for foreground oversampling.
@@ -288,6 +293,7 @@ class Case:
     image_path: str | None = None
     labels_path: str | None = None
     candidates: dict[int, np.ndarray] | None = None
+    image_paths: tuple[str, ...] = ()
 
     @property
     def affine(self) -> np.ndarray:
@@ -308,7 +314,11 @@ class Dataset:
     scans of ``imagesTs/`` to segment (paths, loaded on demand; every channel file of a
     scan, as :func:`helpers.predict.predict_scans` takes them). ``channel_names`` name
     the image channels in order; ``cache`` is the folder of its preprocessed cases
-    (``modality`` is then one modality per channel). ``reads`` counts the calls of
+    (``modality`` is then one modality per channel). ``case_stats`` holds each case's
+    :func:`helpers.planning.case_statistics` (its fingerprint); ``spacing_source`` says
+    where ``target_spacing`` came from ("median" of the cases, "dataset.json", "argument",
+    "embedded"); ``plan`` is the training plan :func:`helpers.experiment.prepare` made
+    (:func:`helpers.planning.make_plan`). ``reads`` counts the calls of
     :meth:`part` per part, so a notebook can show (and a test check) that it touched the
     test part once.
     """
@@ -326,6 +336,9 @@ class Dataset:
     fingerprint: str = ""
     channel_names: tuple[str, ...] = ("image",)
     cache: str | None = None
+    case_stats: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    spacing_source: str = "median"
+    plan: dict[str, Any] | None = None
     reads: Counter[str] = field(default_factory=Counter, compare=False, repr=False)
 
     @property
@@ -365,6 +378,62 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DatasetError(path, "must hold a JSON object")
     return data
+
+
+#: nnU-Net v2's ``dataset.json``: the keys it requires, and the optional keys it documents that the
+#: course reads or ignores. ``regions_class_order`` (region training) is refused by name.
+NNUNET_REQUIRED = ("channel_names", "labels", "numTraining", "file_ending")
+NNUNET_OPTIONAL = (
+    "name",
+    "description",
+    "reference",
+    "licence",
+    "license",
+    "release",
+    "overwrite_image_reader_writer",
+)
+#: A folder's name as nnU-Net and the Decathlon write it: ``Dataset042_Brain``, ``Task09_Spleen``.
+FOLDER_NAME = re.compile(r"^(?:Dataset\d{3}|Task\d{2,3})_(?P<name>.+)$")
+
+
+def dataset_name(spec: dict[str, Any], root: Path, path: Path) -> str:
+    """The dataset's name: ``spec["name"]``, else the folder's (``Dataset042_Brain`` -> ``Brain``).
+
+    nnU-Net v2 requires only ``channel_names``, ``labels``, ``numTraining`` and
+    ``file_ending``; a ``dataset.json`` in that form is checked for exactly those.
+    """
+    if "channel_names" in spec:
+        missing = [k for k in NNUNET_REQUIRED if k not in spec]
+        if missing:
+            raise DatasetError(
+                path, f"lacks the key(s) {missing}, which nnU-Net v2 requires beside 'channel_names'"
+            )
+        if "regions_class_order" in spec:
+            raise DatasetError(
+                path, "has 'regions_class_order': nnU-Net region training, which this course does not do"
+            )
+        count = spec["numTraining"]
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise DatasetError(path, f"'numTraining' must be a whole number >= 1, got {count!r}")
+        ending = spec["file_ending"]
+        if not isinstance(ending, str) or not ending.startswith("."):
+            raise DatasetError(path, f"'file_ending' must be a suffix such as '.nii.gz', got {ending!r}")
+    name = spec.get("name")
+    if name is None:
+        match = FOLDER_NAME.match(root.name)
+        return match["name"] if match else root.name
+    if not isinstance(name, str) or not name.strip():
+        raise DatasetError(path, f"'name' must be a non-empty string, got {name!r}")
+    return name
+
+
+def _check_training_count(spec: dict[str, Any], found: int, path: Path) -> None:
+    """nnU-Net v2's ``numTraining`` must count the labelled cases found (as nnU-Net checks it)."""
+    count = spec.get("numTraining")
+    if "channel_names" in spec and count != found:
+        raise DatasetError(
+            path, f"'numTraining' is {count}, but imagesTr/ and labelsTr/ hold {found} case(s)"
+        )
 
 
 def _channels(spec: dict[str, Any], path: Path) -> list[tuple[str, str]]:
@@ -567,15 +636,6 @@ def _listed(spec: dict[str, Any], key: str, root: Path, spec_path: Path) -> list
     return out
 
 
-def remap_to_classes(stored: np.ndarray, label_ids: Sequence[Sequence[int]]) -> np.ndarray:
-    """Map stored label ids to class indices; ids not listed become class 0 (background). uint8."""
-    top = max(int(stored.max()), max(max(g) for g in label_ids)) + 1
-    lut = np.zeros(top, dtype=np.uint8)
-    for cls, group in enumerate(label_ids):
-        lut[list(group)] = cls
-    return lut[stored]
-
-
 def _fingerprint(spec: dict[str, Any], files: Sequence[Path]) -> str:
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     for f in files:
@@ -638,14 +698,13 @@ def open_dataset(
         raise DatasetError(root, f"is neither an embedded dataset ({', '.join(DATASETS)}) nor a folder")
     spec_path = root / "dataset.json"
     spec = _read_json(spec_path)
-    name = spec.get("name")
-    if not isinstance(name, str) or not name:
-        raise DatasetError(spec_path, "lacks the key 'name' (a non-empty string)")
+    name = dataset_name(spec, root, spec_path)
     channels = _channels(spec, spec_path)
     modality: str | list[str] = channels[0][1] if len(channels) == 1 else [m for _, m in channels]
     class_names, label_ids = _labels(spec, spec_path)
+    spacing_source = "argument" if target_spacing is not None else "median"
     if target_spacing is None and spec.get("target_spacing") is not None:
-        target_spacing = spec["target_spacing"]
+        target_spacing, spacing_source = spec["target_spacing"], "dataset.json"
     if target_spacing is not None:
         try:
             target_spacing = check_spacing(target_spacing)
@@ -667,6 +726,7 @@ def open_dataset(
         raise DatasetError(label_files[stem], f"case {stem!r} has a label map but no image in imagesTr/")
     if not images:
         raise DatasetError(root / "imagesTr", "holds no images")
+    _check_training_count(spec, len(images), spec_path)
 
     sources = {stem: ([str(p) for p in images[stem]], str(label_files[stem])) for stem in sorted(images)}
     if target_spacing is None:
@@ -679,6 +739,7 @@ def open_dataset(
         "spacing": target_spacing,
         "labels": label_ids,
         "channels": len(channels),
+        "stats": 1,  # metas hold each case's statistics (helpers.planning)
     }
     folder = cache_folder(root_cache, name, key)
     metas = _preprocess(folder, sources, len(channels), label_ids, target_spacing, workers, progress)
@@ -693,7 +754,9 @@ def open_dataset(
     for stem, meta in metas.items():
         raw, labels, candidates = open_case(folder / "cases" / stem)
         record = Resampling.from_json(meta["resampling"])
-        cases.append(Case(stem, raw, labels, record, meta["image_path"], meta["labels_path"], candidates))
+        case = Case(stem, raw, labels, record, meta["image_path"], meta["labels_path"], candidates)
+        case.image_paths = tuple(sources[stem][0])
+        cases.append(case)
 
     names = [c.name for c in cases]
     if len(cases) < MIN_CASES_TO_SPLIT and spec.get("split") is None:
@@ -729,6 +792,8 @@ def open_dataset(
         _fingerprint(spec, files),
         tuple(n for n, _ in channels),
         str(folder),
+        {stem: meta["stats"] for stem, meta in metas.items()},
+        spacing_source,
     )
 
 
@@ -770,24 +835,14 @@ class _CaseJob:
     target_spacing: tuple[float, float, float]
 
 
-def _stored_ids(stored: np.ndarray) -> list[int]:
-    """The label ids a label map holds, counted 16 slices at a time."""
-    found: set[int] = set()
-    for z in range(0, stored.shape[0], 16):
-        found.update(np.unique(stored[z : z + 16]).tolist())
-    return sorted(int(i) for i in found)
-
-
 def _preprocess_case(job: _CaseJob) -> dict[str, Any] | tuple[str, str | None, str]:
     """Load, check, align, remap and resample one case into the cache; (error type, file, reason) if not."""
     try:
         image = load_channels(job.images)
         check_channel_count(image, job.n_channels, "dataset.json lists")
         check_image(image.array, job.images[0])
-        stored = check_labels(align_to(image, load_volume(job.labels)), None, job.labels)
-        ids = _stored_ids(stored)
-        classes = remap_to_classes(stored, [list(g) for g in job.label_ids])
-        del stored
+        classes, ids = read_label_map(job.labels, image, label_ids=[list(g) for g in job.label_ids])
+        stats = _native_statistics(image, classes, len(job.label_ids), job.name)
         work, record = to_working_grid(image, job.target_spacing)
         image_array = work.array.astype(np.float32, copy=False)
         del image, work
@@ -802,11 +857,20 @@ def _preprocess_case(job: _CaseJob) -> dict[str, Any] | tuple[str, str | None, s
             "image_path": job.images[0],
             "labels_path": job.labels,
             "stored_ids": ids,
+            "stats": stats,
             "resampling": record.to_json(),
         }
         return write_case(Path(job.folder), {"image": image_array, "labels": work_labels}, candidates, meta)
     except VolumeError as err:  # returned, not raised: it travels back from a worker process
         return (type(err).__name__, err.path, err.reason)
+
+
+def _native_statistics(image: Volume, classes: np.ndarray, n_classes: int, name: str) -> dict[str, Any]:
+    """:func:`helpers.planning.case_statistics` of a case on its native grid, turned to RAS."""
+    ras_image = reorient(image)[0]
+    ras_classes = reorient(Volume(classes, image.affine, "numpy"))[0].array
+    seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+    return case_statistics(ras_image.array, ras_classes, ras_image.spacing, n_classes, seed=seed)
 
 
 #: Below this many bytes of source files to preprocess, starting worker processes costs more than it saves.
@@ -949,7 +1013,22 @@ def _embedded(
     case = Case(name, image, ds.labels, record, volume.path, None)
     split = {"kind": "slabs", "axis": axis, **bounds}
     ids = [[i] for i in range(len(ds.class_names))]
-    return Dataset(name, modality, ds.class_names, ids, [case], split, stats, volume.spacing, [], None, name)
+    raw_stats = case_statistics(ds.image, ds.labels, volume.spacing, len(ds.class_names))
+    return Dataset(
+        name,
+        modality,
+        ds.class_names,
+        ids,
+        [case],
+        split,
+        stats,
+        volume.spacing,
+        [],
+        None,
+        name,
+        case_stats={name: raw_stats},
+        spacing_source="embedded",
+    )
 
 
 #: The embedded multi-case dataset: (case, shape (Z, Y, X), spacing (Z, Y, X) mm, format, orientation).
@@ -968,8 +1047,8 @@ CORES_TEST = (
     ("core91", (36, 40, 40), (1.0, 1.0, 1.0), ".npz", "RAS"),
 )
 #: Stored label ids: 0 pore, 1 clay, 2 quartz, 3 and 4 pyrite (two kinds, merged by dataset.json),
-#: 9 mounting resin (not listed, so background).
-CORES_LABELS = {"pore": 0, "clay": 1, "quartz": 2, "pyrite": [3, 4]}
+#: 9 mounting resin (merged into the background by dataset.json: an undeclared id is refused).
+CORES_LABELS = {"pore": [0, 9], "clay": 1, "quartz": 2, "pyrite": [3, 4]}
 
 
 def _oriented_affine(spacing: Sequence[float], codes: str, shape: Sequence[int]) -> np.ndarray:
@@ -981,22 +1060,32 @@ def _oriented_affine(spacing: Sequence[float], codes: str, shape: Sequence[int])
     return affine
 
 
-def make_cores_dataset(folder: str | os.PathLike[str], seed: int = 0) -> Path:
+def make_cores_dataset(
+    folder: str | os.PathLike[str], seed: int = 0, *, cases: Sequence[str] | None = None
+) -> Path:
     """Write the embedded multi-case dataset, "SandstoneCores", in the Decathlon layout.
 
     Seven labelled micro-CT-like sandstone cores (:func:`make_sandstone` with other
     seeds and sizes) and two unlabelled ones, in mixed formats (NIfTI, ``.npz``,
     TIFF, a DICOM series), orientations (RAS, LPS, and one label map stored LAS for
     a RAS image) and anisotropic spacings, with grey values in Hounsfield-like units
-    (modality CT) and a ``dataset.json`` that merges two pyrite ids and leaves the
-    resin id out. Takes about a second. Returns ``folder``.
+    (modality CT) and a ``dataset.json`` that merges two pyrite ids, and the resin
+    id into the background. Takes about a second. Returns ``folder``.
+
+    ``cases`` keeps only those labelled cores (``["core04", "core05"]``: a DICOM series and a
+    label map stored in another orientation), for a folder of one or two cases.
     """
+    unknown = sorted(set(cases or ()) - {c[0] for c in CORES})
+    if unknown or (cases is not None and not cases):
+        raise ValueError(f"cases={cases!r}: name labelled cores of {[c[0] for c in CORES]}")
     from helpers.io import save_volume, write_dicom_series
 
     root = Path(folder)
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     for k, (name, shape, spacing, fmt, orient) in enumerate(CORES + CORES_TEST):
+        if cases is not None and k < len(CORES) and name not in cases:
+            continue
         image, labels = make_sandstone(shape, seed=seed + 100 + k)
         hu = np.round(image * 2000.0 - 1000.0).astype(np.int16)
         stored = labels.copy()

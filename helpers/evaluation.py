@@ -15,20 +15,22 @@ from typing import Any
 import numpy as np
 
 from helpers.config import DATASETS
-from helpers.datasets import Dataset, remap_to_classes
+from helpers.datasets import Dataset
 from helpers.io import release_pages
 from helpers.results import write_json
 
 
 def native_labels(ds: Dataset, name: str) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """A case's label map (class indices) on its scan's native grid, and that grid's spacing (Z, Y, X)."""
-    from helpers.geometry import align_to
+    """A case's label map (class indices) on its scan's native grid, and that grid's spacing (Z, Y, X).
+
+    Read by :func:`helpers.label_maps.read_label_map`, the reader preprocessing uses.
+    """
     from helpers.io import load_volume
+    from helpers.label_maps import read_label_map
 
     case = ds.case(name)
     image = load_volume(case.image_path)
-    stored = align_to(image, load_volume(case.labels_path))
-    return remap_to_classes(stored, ds.label_ids), image.spacing
+    return read_label_map(case.labels_path, image, label_ids=ds.label_ids).classes, image.spacing
 
 
 def score_test(

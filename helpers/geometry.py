@@ -24,7 +24,7 @@ import numpy as np
 from nibabel import orientations as ornt
 from scipy import ndimage as ndi
 
-from helpers.io import Volume, VolumeError, check_affine, check_image, check_labels, load_volume
+from helpers.io import Volume, VolumeError, check_affine, check_image, load_volume
 
 Spacing = tuple[float, float, float]
 
@@ -330,9 +330,8 @@ def load_pair(
     naming both files. Returns ``(image_volume, labels)`` with ``labels`` (Z, Y, X)
     uint8 (or a wider integer type above 255 classes).
     """
+    from helpers.label_maps import read_label_map
+
     image = load_volume(image_path)
     check_image(image.array, image_path)
-    labels = load_volume(labels_path)
-    if labels.array.ndim == 4 and labels.array.shape[3] != 1:
-        raise VolumeError(labels_path, f"label map has {labels.array.shape[3]} channels; expected one")
-    return image, check_labels(align_to(image, labels), n_classes, labels_path)
+    return image, read_label_map(labels_path, image, n_classes=n_classes).classes

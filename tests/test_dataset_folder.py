@@ -147,9 +147,14 @@ def test_missing_dataset_json(copy):
     expect(copy, "dataset.json", "no dataset.json")
 
 
-@pytest.mark.parametrize("key", ["name", "modality", "labels"])
+@pytest.mark.parametrize("key", ["modality", "labels"])
 def test_missing_keys(copy, key):
     expect(copy, edit_json(copy, **{key: None}), "lacks", f"'{key}'")
+
+
+def test_a_missing_name_is_the_folders(copy):
+    edit_json(copy, name=None)
+    assert open_dataset(copy).name == copy.name
 
 
 def test_unknown_modality(copy):
@@ -162,7 +167,7 @@ def test_target_spacing_must_be_positive(copy, spacing):
 
 
 def test_a_label_id_no_map_contains(copy):
-    labels = {"pore": 0, "clay": 1, "quartz": 2, "pyrite": [3, 4], "gold": 12}
+    labels = {"pore": [0, 9], "clay": 1, "quartz": 2, "pyrite": [3, 4], "gold": 12}
     expect(copy, edit_json(copy, labels=labels), "'gold'", "[12]")
 
 
