@@ -72,6 +72,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "brain_zoom": 0.25,
         "val_fraction": 0.4,
         "patch_size": 32,
+        "target_spacing": None,  # (Z, Y, X) mm; None: the plan chooses (helpers.planning)
         "overlap": 0.5,
         "epochs": 2,
         "batch_size": 2,
@@ -91,6 +92,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "brain_zoom": 0.5,
         "val_fraction": 0.4,
         "patch_size": 32,
+        "target_spacing": None,  # (Z, Y, X) mm; None: the plan chooses (helpers.planning)
         "overlap": 0.5,
         "epochs": 12,
         "batch_size": 8,
@@ -112,6 +114,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "brain_zoom": 1.0,
         "val_fraction": 0.25,
         "patch_size": 64,
+        "target_spacing": None,  # (Z, Y, X) mm; None: the plan chooses (helpers.planning)
         "overlap": 0.5,
         "epochs": 100,
         "batch_size": 8,
@@ -305,6 +308,7 @@ def get_params(profile: str = "auto", dataset: str = "sandstone", **overrides: A
 MODEL_KEYS = (
     "dataset",
     "patch_size",
+    "target_spacing",
     "batch_size",
     "epochs",
     "steps_per_epoch",
@@ -378,6 +382,14 @@ def check_param(key: str, value: Any) -> Any:
         if any(v % 32 for v in sizes):
             raise bad("each side must be a multiple of 32 (the U-Net halves it 5 times)")
         return value if _is_int(value) else tuple(sizes)
+    if key == "target_spacing":
+        if (
+            not isinstance(value, (tuple, list))
+            or len(value) != 3
+            or not all(_is_real(v) and v > 0 for v in value)
+        ):
+            raise bad("it must be 3 numbers > 0 (Z, Y, X mm)")
+        return tuple(float(v) for v in value)
     if key in ("epochs", "batch_size", "steps_per_epoch", "val_steps", "n_workers"):
         if not _is_int(value) or value < 1:
             raise bad("it must be an integer >= 1")

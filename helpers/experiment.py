@@ -14,6 +14,7 @@ Scoring lives in :mod:`helpers.evaluation`.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -32,33 +33,74 @@ class ModelMismatchError(ValueError):
 
 
 @lru_cache(maxsize=4)
-def _open(dataset: str, shape: tuple[int, ...], zoom: float, fraction: float, cache: str) -> Dataset:
+def _open(
+    dataset: str,
+    shape: tuple[int, ...],
+    zoom: float,
+    fraction: float,
+    cache: str,
+    spacing: tuple[float, float, float] | None = None,
+) -> Dataset:
     rest = (1.0 - fraction) / 2
     return open_dataset(
-        dataset, sandstone_shape=shape, brain_zoom=zoom, fractions=(fraction, rest, rest), cache=cache
+        dataset,
+        target_spacing=spacing,
+        sandstone_shape=shape,
+        brain_zoom=zoom,
+        fractions=(fraction, rest, rest),
+        cache=cache,
     )
 
 
 def prepare(params: dict[str, Any]) -> Dataset:
-    """The dataset of ``params``: aligned, resampled, normalised, split (cached per process).
+    """The dataset of ``params``: aligned, resampled, normalised, split and planned (cached per process).
 
     The embedded volumes are split into three slabs: the first ``1 - val_fraction``
-    for training, the rest halved into validation and test. A dataset folder is
-    preprocessed once into ``<output_dir>/preprocessed`` (:mod:`helpers.case_cache`).
+    for training, the rest halved into validation and test; they keep their own grid.
+    A dataset folder is preprocessed once into ``<output_dir>/preprocessed``
+    (:mod:`helpers.case_cache`), its fingerprint taken from the cases, and the plan
+    (:func:`helpers.planning.make_plan`) chooses the grid and the patch from it and the
+    profile's budget; when the plan's grid is not the median native one, the folder is
+    preprocessed again onto it. ``params["target_spacing"]`` (or ``dataset.json``'s)
+    overrides the grid. ``ds.plan`` holds the plan; ``model.json`` stores it.
     """
-    return _open(
+    from helpers.planning import dataset_fingerprint, make_plan
+
+    key = (
         params["dataset"],
         tuple(params["sandstone_shape"]),
         float(params["brain_zoom"]),
         1.0 - float(params["val_fraction"]),
         str(Path(params["output_dir"]) / "preprocessed"),
     )
+    ds = _open(*key)
+    fp = dataset_fingerprint(ds.case_stats, ds.channel_names)
+    size = params["patch_size"]
+    wanted = params.get("target_spacing")
+    if ds.name in DATASETS:
+        size = (size,) * 3 if isinstance(size, int) else size
+        wanted, source = ds.target_spacing, "the embedded volume's own grid"
+    elif wanted is not None:
+        source = "params (target_spacing)"
+    elif ds.spacing_source == "dataset.json":
+        wanted, source = ds.target_spacing, "dataset.json (target_spacing)"
+    else:
+        source = ""
+    plan = make_plan(
+        fp, patch_size=size, batch_size=params["batch_size"], target_spacing=wanted, source=source
+    )
+    spacing = tuple(float(s) for s in plan["target_spacing"])
+    if ds.name not in DATASETS and not np.allclose(spacing, ds.target_spacing):
+        ds = _open(*key, spacing)
+    return dataclasses.replace(ds, plan={**plan, "fingerprint": fp})
 
 
 def patch_shape(ds: Dataset, params: dict[str, Any]) -> tuple[int, int, int]:
     """The model's patch (Z, Y, X) for ``ds``: a 3-tuple knob as given; an int is a cube for
     the embedded volumes and, for a folder, the voxel budget of a patch that follows the
     cases' median shape (:func:`helpers.model.default_patch_size`)."""
+    if ds.plan is not None:
+        return tuple(int(s) for s in ds.plan["patch_size"])  # type: ignore[return-value]
     size = params["patch_size"]
     if not isinstance(size, int):
         return tuple(int(s) for s in size)  # type: ignore[return-value]
@@ -111,6 +153,7 @@ def model_info(ds: Dataset, params: dict[str, Any], patch: tuple[int, int, int])
         "normalisation": ds.normalisation,
         "target_spacing": list(ds.target_spacing),
         "patch_size": list(patch),
+        "plan": {k: v for k, v in (ds.plan or {}).items() if k != "fingerprint"},
         "split": ds.split,
         "training": {**model_params(params), "profile": params["profile"]},
     }
@@ -274,19 +317,18 @@ def large_input(params: dict[str, Any], ds: Dataset, folder: str | Path) -> tupl
         if not path.exists():
             write_sandstone_zarr(path, params["large_shape"], chunks=64)
         return path, (edge,) * 3, int(params["memory_budget_mb"] * 2**20)
+    from helpers.datasets import load_channels
     from helpers.geometry import to_working_grid
-    from helpers.io import load_volume
+    from helpers.predict import find_scans
     from helpers.zarr_volumes import open_zarr_volume, save_zarr_volume
 
-    if ds.n_channels != 1:
-        raise ValueError(f"{ds.name}: 07 predicts one-channel scans blockwise, not {ds.n_channels} channels")
-    scans = ds.unlabelled or [case.image_path for case, _ in ds.part("test")]
-    source = Path(scans[0])
-    path = folder / f"{source.name.split('.')[0]}_working_grid.zarr"
+    scans = ds.unlabelled or [p for case, _ in ds.part("test") for p in case.image_paths]
+    name, sources = next(iter(find_scans(scans, ds.n_channels).items()))  # every channel file of one scan
+    path = folder / f"{name}_working_grid.zarr"
     if not path.exists():
-        volume, _ = to_working_grid(load_volume(source), ds.target_spacing)
+        volume, _ = to_working_grid(load_channels(sources), ds.target_spacing)
         save_zarr_volume(path, volume.array.astype(np.float32), volume.affine, chunks=64)
-    shape = open_zarr_volume(path).shape
+    shape = open_zarr_volume(path).shape[:3]
     patch = patch_shape(ds, params)
     chunks = tuple(min(edge, max(p, -(-s // 2))) for p, s in zip(patch, shape, strict=True))
     return path, chunks, int(np.prod(shape)) * 4 // 2

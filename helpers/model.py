@@ -20,6 +20,7 @@ from keras import ops  # noqa: E402
 
 from helpers.config import LOSSES, POLICIES, choose_precision, cpu_flags  # noqa: E402
 from helpers.patches import as_patch_shape  # noqa: E402
+from helpers.planning import default_patch_size  # noqa: E402, F401  (its old home)
 
 
 class EncoderWeightsError(RuntimeError):
@@ -304,30 +305,3 @@ def load_model(path: str | os.PathLike[str]) -> keras.Model:
         raise ModelFileError(
             f"{path}: cannot be loaded as a Keras model ({type(err).__name__}: {err})"
         ) from err
-
-
-def default_patch_size(shape: tuple[int, int, int] | list[int], side: int = 64) -> tuple[int, int, int]:
-    """A patch (Z, Y, X) for volumes of ``shape`` with at most ``side``³ voxels, sides multiples of 32.
-
-    Axes shorter than ``side`` shrink to their length rounded up to 32, and the voxels
-    saved go to the longest axes, so a thin scan gets fewer slices and more in-plane
-    voxels instead of padding.
-
-    Example
-    -------
-    >>> default_patch_size((20, 256, 256), 64)
-    (32, 128, 64)
-    """
-    budget = side**3
-    limit = [max(32, -(-int(s) // 32) * 32) for s in shape]
-    patch = [min(side, lim) for lim in limit]
-    grown = True
-    while grown:
-        grown = False
-        for axis in sorted(range(3), key=lambda a: -int(shape[a])):
-            bigger = patch.copy()
-            bigger[axis] += 32
-            if bigger[axis] <= limit[axis] and bigger[0] * bigger[1] * bigger[2] <= budget:
-                patch, grown = bigger, True
-                break
-    return tuple(patch)  # type: ignore[return-value]

@@ -101,6 +101,27 @@ def split_slabs(
     return {part: [bounds[i], bounds[i + 1]] for i, part in enumerate(PARTS)}
 
 
+def describe_split(split: dict[str, Any]) -> str:
+    """A split in one line of words: the cases of each part, or each part's slab and its axis.
+
+    Example
+    -------
+    >>> describe_split({"kind": "slabs", "axis": 0, "train": [0, 6], "val": [6, 8], "test": [8, 10]})
+    'one volume cut into slabs along z: train z 0-5, val z 6-7, test z 8-9'
+    """
+    if split["kind"] == "cases":
+        return "by case: " + "; ".join(f"{p} {', '.join(split[p])}" for p in PARTS)
+    axis = "zyx"[int(split["axis"])]
+    if "cases" not in split:
+        bounds = ", ".join(f"{p} {axis} {split[p][0]}-{split[p][1] - 1}" for p in PARTS)
+        return f"one volume cut into slabs along {axis}: {bounds}"
+    per_case = "; ".join(
+        f"{name}: " + ", ".join(f"{p} {axis} {b[p][0]}-{b[p][1] - 1}" for p in PARTS)
+        for name, b in split["cases"].items()
+    )
+    return f"too few cases to split by case, so each is cut into slabs along {axis} ({per_case})"
+
+
 def slab_index(bounds: Sequence[int], axis: int, ndim: int = 3) -> tuple[slice, ...]:
     """Index tuple selecting the slab ``[start, stop]`` along ``axis``."""
     index = [slice(None)] * ndim

@@ -201,7 +201,7 @@ def test_anisotropic_patch_builds_the_same_network():
     ],
 )
 def test_default_patch_follows_the_shape(shape, side, patch):
-    from helpers.model import default_patch_size
+    from helpers.planning import default_patch_size
 
     assert default_patch_size(shape, side) == patch
     assert np.prod(patch) <= side**3 and all(p % 32 == 0 for p in patch)
