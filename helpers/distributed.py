@@ -132,15 +132,22 @@ class NormalisedVolume:
         return apply_normalisation(np.asarray(self.array[key]), self.stats)
 
 
-def volume_normalisation(source: Any, stats: dict[str, Any] | None) -> dict[str, Any] | None:
+def volume_normalisation(
+    source: Any, stats: dict[str, Any] | None, channel: int | None = None
+) -> dict[str, Any] | None:
     """The run's normalisation made chunk-local: a per-case z-score gets the whole volume's
-    mean and standard deviation, computed chunk by chunk with dask.array."""
+    mean and standard deviation, computed chunk by chunk with dask.array; a (Z, Y, X, C)
+    volume's channels each get their own (``channel`` picks one)."""
+    if stats and stats.get("scheme") == "per-channel":
+        per = [volume_normalisation(source, s, c) for c, s in enumerate(stats["channels"])]
+        return {"scheme": "per-channel", "channels": per}
     if not stats or stats.get("scheme") != "zscore-per-case":
         return stats
     import dask
     import dask.array as da
 
-    x = da.from_zarr(source).astype(np.float64)
+    x = da.from_zarr(source)
+    x = (x if channel is None else x[..., channel]).astype(np.float64)
     mean, std = dask.compute(x.mean(), x.std(), scheduler="threads")
     return {"scheme": "zscore-fixed", "mean": float(mean), "std": float(std), "from": "zscore-per-case"}
 
@@ -280,10 +287,14 @@ def predict_zarr(
             "a model in memory cannot be sent to a cluster: pass its run folder or .keras file"
         )
     source = open_zarr_volume(input_zarr)
-    if len(source.shape) != 3:
-        raise VolumeError(input_zarr, f"has shape {source.shape}; predict_zarr takes a (Z, Y, X) volume")
-    shape = tuple(int(s) for s in source.shape)
-    if tuple(source.chunks) == shape and math.prod(shape) > math.prod(patch) * 8:
+    if len(source.shape) not in (3, 4) or (len(source.shape) == 4 and source.chunks[3] != source.shape[3]):
+        raise VolumeError(
+            input_zarr,
+            f"has shape {source.shape} and chunks {source.chunks}; predict_zarr takes a (Z, Y, X) volume "
+            "or a (Z, Y, X, C) one whose channels lie in one chunk",
+        )
+    shape = tuple(int(s) for s in source.shape[:3])
+    if tuple(source.chunks[:3]) == shape and math.prod(shape) > math.prod(patch) * 8:
         raise VolumeError(
             input_zarr,
             f"is stored as one chunk of {shape}: every task would read and decompress the whole "

@@ -50,6 +50,32 @@ def take_slice(volume: Any, axis: str | int, index: int) -> np.ndarray:
     return np.asarray(volume[tuple(where)])
 
 
+def channel_view(image: Any, channel: int | str = 0, channel_names: Sequence[str] = ()) -> tuple[Any, str]:
+    """One channel of a (Z, Y, X[, C]) image as a (Z, Y, X) view, and its name.
+
+    ``channel`` is an index or one of ``channel_names`` (as ``dataset.json`` names them).
+    A 3-D image is its own only channel.
+
+    Example
+    -------
+    >>> view, name = channel_view(np.zeros((4, 5, 6, 2)), "T1c", ("FLAIR", "T1c"))
+    >>> view.shape, name
+    ((4, 5, 6), 'T1c')
+    """
+    names = list(channel_names)
+    if image.ndim == 3:
+        return image, names[0] if names else "image"
+    count = image.shape[3]
+    if isinstance(channel, str):
+        if channel not in names:
+            raise ValueError(f"channel={channel!r} is not one of the channels {names}")
+        channel = names.index(channel)
+    if not 0 <= int(channel) < count:
+        raise ValueError(f"channel={channel!r} is out of range: the image has {count} channels")
+    name = names[channel] if len(names) == count else f"channel {channel}"
+    return image[..., int(channel)], name
+
+
 def display_slice(volume: Any, axis: str | int, index: int) -> np.ndarray:
     """Slice ``index`` across ``axis`` of a (Z, Y, X) RAS volume, as radiology displays it:
     row 0 is the top of the image and column 0 its left (draw it with imshow's default
@@ -91,12 +117,40 @@ def show_orthogonal(
     class_names: Sequence[str] | None = None,
     alpha: float = 0.4,
     title: str = "",
+    *,
+    channel: int | str | None = None,
+    channel_names: Sequence[str] = (),
 ) -> plt.Figure:
-    """Axial, coronal and sagittal slices through ``index`` (default: the centre) of a (Z, Y, X)
-    RAS volume, drawn as radiology reads them (:func:`display_slice`), labels overlaid."""
+    """Axial, coronal and sagittal slices through ``index`` (default: the centre) of a (Z, Y, X[, C])
+    RAS volume, drawn as radiology reads them (:func:`display_slice`), labels overlaid.
+
+    A multi-channel image gets one row per channel, named by ``channel_names``, or only
+    ``channel`` (an index or a name) when it is given.
+    """
     index = index or [s // 2 for s in image.shape[:3]]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    if image.ndim == 4 and channel is None:
+        picked = [channel_view(image, c, channel_names) for c in range(image.shape[3])]
+    else:
+        picked = [channel_view(image, 0 if channel is None else channel, channel_names)]
+    fig, grid = plt.subplots(len(picked), 3, figsize=(12, 4 * len(picked)), squeeze=False)
     n_classes = int(labels.max()) + 1 if labels is not None else 0
+    for (volume, name), axes in zip(picked, grid, strict=True):
+        _orthogonal_row(axes, volume, labels, index, n_classes, alpha, name if image.ndim == 4 else "")
+    if labels is not None and class_names:
+        fig.legend(handles=legend_handles(class_names), loc="lower center", ncol=len(class_names))
+    fig.suptitle(title)
+    return fig
+
+
+def _orthogonal_row(
+    axes: Sequence[plt.Axes],
+    image: np.ndarray,
+    labels: np.ndarray | None,
+    index: Sequence[int],
+    n_classes: int,
+    alpha: float,
+    name: str,
+) -> None:
     for ax, axis, i in zip(axes, AXES, index, strict=True):
         ax.imshow(display_slice(image, axis, i), cmap="gray")
         if labels is not None:
@@ -108,13 +162,9 @@ def show_orthogonal(
                 vmax=max(n_classes - 1, 1),
                 interpolation="nearest",
             )
-        ax.set_title(f"{VIEW_NAMES[axis]} = {i}")
+        ax.set_title(f"{name + ': ' if name else ''}{VIEW_NAMES[axis]} = {i}")
         ax.axis("off")
         label_directions(ax, axis)
-    if labels is not None and class_names:
-        fig.legend(handles=legend_handles(class_names), loc="lower center", ncol=len(class_names))
-    fig.suptitle(title)
-    return fig
 
 
 def plot_histogram(
@@ -123,9 +173,31 @@ def plot_histogram(
     class_names: Sequence[str] | None = None,
     bins: int = 128,
     thresholds: Sequence[float] = (),
+    *,
+    channel_names: Sequence[str] = (),
 ) -> plt.Figure:
-    """Intensity histogram, split by class when ``labels`` is given; thresholds as lines."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    """Intensity histogram, split by class when ``labels`` is given; thresholds as lines.
+
+    A (Z, Y, X, C) image gets one panel per channel, titled with ``channel_names``.
+    """
+    count = image.shape[3] if image.ndim == 4 else 1
+    fig, axes = plt.subplots(1, count, figsize=(7 * count, 3.5), squeeze=False)
+    for c, ax in enumerate(axes[0]):
+        volume, name = channel_view(image, c, channel_names)
+        _histogram(ax, volume, labels, class_names, bins, thresholds)
+        if count > 1:
+            ax.set_title(name)
+    return fig
+
+
+def _histogram(
+    ax: plt.Axes,
+    image: np.ndarray,
+    labels: np.ndarray | None,
+    class_names: Sequence[str] | None,
+    bins: int,
+    thresholds: Sequence[float],
+) -> None:
     lo, hi = np.percentile(image, [0.1, 99.9])
     edges = np.linspace(lo, hi, bins + 1)
     if labels is None:
@@ -142,7 +214,6 @@ def plot_histogram(
     ax.set_xlabel("intensity")
     ax.set_ylabel("voxels")
     ax.set_yscale("log")
-    return fig
 
 
 def plot_history(history: Mapping[str, Sequence[float]], metric: str = "mean_iou") -> plt.Figure:
@@ -264,6 +335,8 @@ class SliceViewer:
     masks : sequence of str
         Overlays that are 0/1 masks rather than class maps (e.g. "error"): drawn in
         :data:`MASK_COLOUR` and named in the legend by their own title.
+    channel_names : sequence of str
+        The channels of a (Z, Y, X, C) image; a ``channel`` dropdown picks the one shown.
 
     Use ``viewer.widget`` in a notebook. ``viewer.sliders[axis].value = i`` moves
     it from code; ``viewer.artists`` are the displayed images and ``viewer.picture``
@@ -278,10 +351,16 @@ class SliceViewer:
         axis: str = "z",
         spacing: Sequence[float] = (1.0, 1.0, 1.0),
         masks: Sequence[str] = (),
+        channel_names: Sequence[str] = (),
     ) -> None:
         import ipywidgets as w
 
         self.image = image
+        count = image.shape[3] if image.ndim == 4 else 1
+        names = [channel_view(image, c, channel_names)[1] for c in range(count)]
+        self.channel = w.Dropdown(
+            options=[(n, c) for c, n in enumerate(names)], value=0, description="channel"
+        )
         self.spacing = tuple(float(s) for s in spacing)
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
             raise ValueError(f"spacing must be 3 positive numbers (Z, Y, X), got {spacing!r}")
@@ -310,7 +389,7 @@ class SliceViewer:
         self.axes = list(axes[0])
         self.artists: list[Any] = []
         self._draw_static()
-        for control in (self.axis, self.opacity, *self.sliders.values()):
+        for control in (self.axis, self.channel, self.opacity, *self.sliders.values()):
             control.observe(self._on_change, names="value")
         swatch = '<span style="background:{};padding:0 8px">&nbsp;</span> <b>{}</b>'
         entries = [f"<b>{self.class_names[0]}</b>: transparent"]
@@ -321,19 +400,19 @@ class SliceViewer:
         ]
         entries += [swatch.format(MASK_COLOUR, name) for name in self.overlays if name in self.masks]
         legend = w.HTML(" &nbsp; ".join(entries))
-        self.widget = w.VBox(
-            [w.HBox([self.axis, self.opacity]), w.HBox(list(self.sliders.values())), legend, self.picture]
-        )
+        controls = [self.axis, self.channel, self.opacity] if count > 1 else [self.axis, self.opacity]
+        self.widget = w.VBox([w.HBox(controls), w.HBox(list(self.sliders.values())), legend, self.picture])
         self._render()
 
     def _slices(self) -> list[np.ndarray]:
         a = self.axis.value
         i = self.sliders[a].value
-        return [display_slice(self.image, a, i)] + [display_slice(v, a, i) for v in self.overlays.values()]
+        image = channel_view(self.image, self.channel.value)[0]
+        return [display_slice(image, a, i)] + [display_slice(v, a, i) for v in self.overlays.values()]
 
     def _draw_static(self) -> None:
         slices = self._slices()
-        vmin, vmax = np.percentile(self.image, [1, 99])
+        vmin, vmax = np.percentile(channel_view(self.image, self.channel.value)[0], [1, 99])
         self.artists = []
         aspect = self.aspect()
         names = ["image", *self.overlays]
@@ -365,7 +444,7 @@ class SliceViewer:
         return self.spacing[rows] / self.spacing[cols]
 
     def _on_change(self, change: Mapping[str, Any]) -> None:
-        if change.get("owner") is self.axis:
+        if change.get("owner") in (self.axis, self.channel):
             self._draw_static()
         self.update()
         self._render()
