@@ -30,8 +30,9 @@ OUTPUTS = REPO_ROOT / "outputs"
 
 #: Every library the notebooks and ``helpers`` import (distribution names; 00 prints their
 #: versions). ``requirements.txt`` (or ``requirements-nodeps.txt``) pins each, and Binder's
-#: ``binder/requirements.txt``, conda's ``environment.yml`` and the notebooks' Colab setup cell
-#: install each; ``tests/test_install_parity.py`` checks all of these against the imports.
+#: ``binder/requirements.txt`` and conda's ``environment.yml`` install each; on Colab each is
+#: preinstalled (``colab/preinstalled.txt``) or installed where missing by the notebooks' setup cell
+#: (``colab/requirements.txt``). ``tests/test_install_parity.py`` checks these against the imports.
 RUNTIME_PACKAGES = (
     "numpy",
     "tensorflow",
@@ -53,18 +54,56 @@ RUNTIME_PACKAGES = (
     "distributed",
     "papermill",
 )
-#: Of those, what Google Colab's image already holds; the Colab setup cell pip-installs the rest
-#: (and ``scripts/install-nodeps.sh`` the three of ``requirements-nodeps.txt``).
-COLAB_PREINSTALLED = (
-    "numpy",
-    "tensorflow",
-    "keras",
-    "scipy",
-    "scikit-image",
-    "matplotlib",
-    "ipywidgets",
-    "tqdm",
-)
+#: Distribution names a runtime package may be installed under: Binder's image installs
+#: ``tensorflow-cpu`` (no GPU), Intel's and Apple's builds have names of their own. The first one
+#: installed is the package (:func:`package_version`); ``tests/test_install_parity.py`` maps the
+#: install routes' names with this table too.
+DISTRIBUTION_NAMES = {
+    "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorflow-macos"),
+}
+#: Import names of the runtime packages whose distribution name is not their module's name.
+MODULE_NAMES = {
+    "scikit-image": "skimage",
+    "segmentation-models-3D": "segmentation_models_3D",
+    "classification-models-3D": "classification_models_3D",
+}
+
+
+def package_version(name: str) -> tuple[str, str]:
+    """The installed version of runtime package ``name`` and where it was read.
+
+    The first of its distribution names (:data:`DISTRIBUTION_NAMES`, else ``name`` itself) that is
+    installed gives the version; when none is (a package copied in without metadata), the
+    module's ``__version__`` does. Raises ``importlib.metadata.PackageNotFoundError`` naming what
+    was tried when neither exists.
+
+    Example
+    -------
+    >>> package_version("numpy")[1]
+    'numpy'
+    """
+    import importlib
+    from importlib import metadata
+
+    dists = DISTRIBUTION_NAMES.get(name, (name,))
+    for dist in dists:
+        try:
+            return metadata.version(dist), dist
+        except metadata.PackageNotFoundError:
+            pass
+    module = MODULE_NAMES.get(name, name.replace("-", "_"))
+    try:
+        found = getattr(importlib.import_module(module), "__version__", None)
+    except ImportError:
+        found = None
+    if found is None:
+        raise metadata.PackageNotFoundError(
+            f"{name}: no distribution {' or '.join(dists)} is installed, "
+            f"and no module {module} with a __version__"
+        )
+    return str(found), f"{module}.__version__"
+
+
 #: Parameters a notebook's ``parameters`` cell may set; None there means "take the profile's".
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
