@@ -254,3 +254,17 @@ def test_colab_setup_installs_only_what_is_missing_and_holds_what_is_installed(t
     assert not {"-U", "--upgrade", "--force-reinstall"} & set(install) and install[-len(todo) :] == todo
     assert nodeps[1].endswith("install-nodeps.sh") and "--no-deps" in course
     assert colab_setup.commands([], constraints)[0][1].endswith("install-nodeps.sh")  # nothing missing
+
+
+def test_make_routes_builds_binder_and_colab_outside_make_test():
+    import subprocess
+
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert re.search(r"^routes:\n\tbash scripts/routes.sh ", makefile, re.M)
+    test_target = re.search(r"^test:(.*)$", makefile, re.M)[1]
+    assert "routes" not in test_target
+    script = REPO_ROOT / "scripts" / "routes.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    for step in ("binder/requirements.txt", "binder/postBuild", "colab/preinstalled.txt", "colab_setup.py"):
+        assert step in text, step
