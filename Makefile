@@ -8,7 +8,7 @@ PROFILE ?= auto
 DATASET ?=
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: run test lint unit install clean check-profile data
+.PHONY: run test lint unit install clean check-profile data routes
 
 run: check-profile $(STAMP)
 	$(BIN)/python -m helpers.runner --profile $(PROFILE) $(if $(DATASET),--dataset "$(DATASET)")
@@ -32,6 +32,16 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest $(XDIST) -m "not notebooks"
 
 install: $(STAMP)
+
+# Not part of `make test` (network, and about an hour on 2 cores): Binder's environment built as
+# repo2docker builds it from binder/ (Python 3.11) and Colab's emulated from colab/preinstalled.txt
+# plus the notebooks' setup cell (Python 3.12), each in .routes/, then notebooks 00-07 at the quick
+# profile in each; Binder's in a 2e9-byte memory cgroup (needs root or systemd-run), their peaks in
+# .routes/binder/peaks.tsv. `make routes ROUTE=binder ROUTE_NOTEBOOKS=00_setup` runs one of each.
+ROUTE ?= all
+ROUTE_NOTEBOOKS ?=
+routes:
+	bash scripts/routes.sh $(ROUTE) $(ROUTE_NOTEBOOKS)
 
 # One Medical Segmentation Decathlon task into data/<TASK> (helpers/fetch.py): resumable, checked
 # against its published MD5, unpacked safely. `make data TASK=Task09_Spleen`.

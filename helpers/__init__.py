@@ -21,8 +21,17 @@ One module per job, data flowing one way:
 dataset of a parameter set), ``patch_shape``, ``make_samplers``, ``start_run``
 (``model.json``), ``train_from_params``, ``ensure_model`` and ``load_trained``.
 
-Importing this package is cheap: it does not import TensorFlow, Keras or NumPy; on x86
-CPUs it turns on TensorFlow's oneDNN kernels for the process (see below).
+Importing this package is cheap: it does not import TensorFlow, Keras or NumPy. It sets, where
+the user has not, the environment TensorFlow reads when it loads (:data:`KERNEL_ENV`, from
+:func:`helpers.config.kernel_env`): its C++ log lines off, its oneDNN kernels on x86 CPUs (see
+below), and on a small-memory machine such as mybinder's its threads and malloc arenas capped.
+``helpers.runner``'s notebook kernels inherit it; in Jupyter, Colab or Binder a notebook's first
+cell imports helpers, before TensorFlow. What cannot be set from inside a kernel: the few lines
+TensorFlow writes through absl before its logging starts ("oneDNN custom operations are on",
+"Could not find cuda drivers") whatever ``TF_CPP_MIN_LOG_LEVEL`` says. ``helpers.runner``'s
+kernels send them to a log (``--IPKernelApp.capture_fd_output=False``); Binder's image sets that
+in ``ipython_kernel_config.py`` (``binder/postBuild``); elsewhere they show once, under the cell
+that imports TensorFlow.
 
 Axis convention, used by every helper and notebook: a volume array is indexed
 ``[z, y, x]`` (or ``[z, y, x, channel]``), slices first, like a TIFF or DICOM
@@ -33,10 +42,15 @@ layouts.
 """
 
 import os as _os
-import platform as _platform
 import sys as _sys
 
 __version__ = "0.1.0"
+
+from helpers.config import kernel_env as _kernel_env
+from helpers.config import limit_malloc_arenas as _limit_malloc_arenas
+
+#: What this import put in ``os.environ`` (a value the user had set is kept, and listed as set).
+KERNEL_ENV = _kernel_env()
 
 # TensorFlow turns its oneDNN kernels on by itself only on x86 CPUs with AVX-512 VNNI,
 # BF16 or AMX. Without them (an AMD EPYC with AVX2, most laptops) one training step of
@@ -44,7 +58,7 @@ __version__ = "0.1.0"
 # convolution falls back to a naive kernel (docs/benchmarks.md). It must be set before
 # TensorFlow is imported, which every helper that needs it does after this package.
 # Imported after TensorFlow, it can only warn: the setting comes too late for this process.
-if _platform.machine().lower() in ("x86_64", "amd64"):
+if "TF_ENABLE_ONEDNN_OPTS" in KERNEL_ENV:
     if "tensorflow" in _sys.modules and "TF_ENABLE_ONEDNN_OPTS" not in _os.environ:
         import warnings as _warnings
 
@@ -55,4 +69,7 @@ if _platform.machine().lower() in ("x86_64", "amd64"):
             RuntimeWarning,
             stacklevel=2,
         )
-    _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+for _key, _value in KERNEL_ENV.items():
+    KERNEL_ENV[_key] = _os.environ.setdefault(_key, _value)
+if "MALLOC_ARENA_MAX" in KERNEL_ENV:
+    _limit_malloc_arenas(int(KERNEL_ENV["MALLOC_ARENA_MAX"]))

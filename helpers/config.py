@@ -30,8 +30,9 @@ OUTPUTS = REPO_ROOT / "outputs"
 
 #: Every library the notebooks and ``helpers`` import (distribution names; 00 prints their
 #: versions). ``requirements.txt`` (or ``requirements-nodeps.txt``) pins each, and Binder's
-#: ``binder/requirements.txt``, conda's ``environment.yml`` and the notebooks' Colab setup cell
-#: install each; ``tests/test_install_parity.py`` checks all of these against the imports.
+#: ``binder/requirements.txt`` and conda's ``environment.yml`` install each; on Colab each is
+#: preinstalled (``colab/preinstalled.txt``) or installed where missing by the notebooks' setup cell
+#: (``colab/requirements.txt``). ``tests/test_install_parity.py`` checks these against the imports.
 RUNTIME_PACKAGES = (
     "numpy",
     "tensorflow",
@@ -53,18 +54,56 @@ RUNTIME_PACKAGES = (
     "distributed",
     "papermill",
 )
-#: Of those, what Google Colab's image already holds; the Colab setup cell pip-installs the rest
-#: (and ``scripts/install-nodeps.sh`` the three of ``requirements-nodeps.txt``).
-COLAB_PREINSTALLED = (
-    "numpy",
-    "tensorflow",
-    "keras",
-    "scipy",
-    "scikit-image",
-    "matplotlib",
-    "ipywidgets",
-    "tqdm",
-)
+#: Distribution names a runtime package may be installed under: Binder's image installs
+#: ``tensorflow-cpu`` (no GPU), Intel's and Apple's builds have names of their own. The first one
+#: installed is the package (:func:`package_version`); ``tests/test_install_parity.py`` maps the
+#: install routes' names with this table too.
+DISTRIBUTION_NAMES = {
+    "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorflow-macos"),
+}
+#: Import names of the runtime packages whose distribution name is not their module's name.
+MODULE_NAMES = {
+    "scikit-image": "skimage",
+    "segmentation-models-3D": "segmentation_models_3D",
+    "classification-models-3D": "classification_models_3D",
+}
+
+
+def package_version(name: str) -> tuple[str, str]:
+    """The installed version of runtime package ``name`` and where it was read.
+
+    The first of its distribution names (:data:`DISTRIBUTION_NAMES`, else ``name`` itself) that is
+    installed gives the version; when none is (a package copied in without metadata), the
+    module's ``__version__`` does. Raises ``importlib.metadata.PackageNotFoundError`` naming what
+    was tried when neither exists.
+
+    Example
+    -------
+    >>> package_version("numpy")[1]
+    'numpy'
+    """
+    import importlib
+    from importlib import metadata
+
+    dists = DISTRIBUTION_NAMES.get(name, (name,))
+    for dist in dists:
+        try:
+            return metadata.version(dist), dist
+        except metadata.PackageNotFoundError:
+            pass
+    module = MODULE_NAMES.get(name, name.replace("-", "_"))
+    try:
+        found = getattr(importlib.import_module(module), "__version__", None)
+    except ImportError:
+        found = None
+    if found is None:
+        raise metadata.PackageNotFoundError(
+            f"{name}: no distribution {' or '.join(dists)} is installed, "
+            f"and no module {module} with a __version__"
+        )
+    return str(found), f"{module}.__version__"
+
+
 #: Parameters a notebook's ``parameters`` cell may set; None there means "take the profile's".
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
@@ -206,16 +245,31 @@ def choose_precision(gpus: int, flags: frozenset[str] | set[str]) -> tuple[str, 
 
 #: Below this much memory a machine is small, as mybinder's 2 GB containers are. Each Dask worker
 #: of 07 holds TensorFlow and the model (about 1.2 GB on the cpu profile, docs/benchmarks.md), so
-#: there 07 predicts with one worker and a smaller volume: :data:`SMALL_MEMORY` replaces any
-#: larger profile value that was not set explicitly.
+#: there 07 predicts with one worker and a smaller volume, and every notebook trains and predicts
+#: on batches of two 32^3 patches: :data:`SMALL_MEMORY` replaces any larger profile value that was
+#: not set explicitly. ``import helpers`` also caps TensorFlow's threads and glibc's malloc arenas
+#: there (:func:`kernel_env`), each of which holds memory of its own.
 SMALL_MEMORY_MB = 4096
-SMALL_MEMORY = {"n_workers": 1, "large_shape": (256, 256, 256), "memory_budget_mb": 32}
+SMALL_MEMORY = {
+    "n_workers": 1,
+    "large_shape": (256, 256, 256),
+    "memory_budget_mb": 32,
+    "batch_size": 2,
+    "patch_size": 32,
+}
+#: On a small-memory machine: TensorFlow's intra- and inter-op threads, and glibc's malloc arenas.
+SMALL_MEMORY_THREADS = 2
+SMALL_MEMORY_ARENAS = 2
+#: Set to a number of MB, the memory limit the course sizes itself for when it is below the
+#: machine's own (``COURSE_MEMORY_MB=2048`` tries mybinder's settings on a laptop).
+MEMORY_ENV = "COURSE_MEMORY_MB"
 
 
 def memory_limit_mb(meminfo: str | None = None, cgroup_limits: Sequence[str] | None = None) -> float:
-    """The memory this process may use, in MB: the smaller of the machine's RAM (``MemTotal`` of
-    ``/proc/meminfo``) and a container's cgroup limit (``memory.max`` of cgroup v2, or
-    ``memory.limit_in_bytes`` of v1), as mybinder sets one; ``inf`` where neither is readable.
+    """The memory this process may use, in MB: the smallest of the machine's RAM (``MemTotal`` of
+    ``/proc/meminfo``), a container's cgroup limit (``memory.max`` of cgroup v2, or
+    ``memory.limit_in_bytes`` of v1, of the root or of this process's own cgroup), as mybinder
+    sets one, and :data:`MEMORY_ENV` where set; ``inf`` where none is readable.
 
     Example
     -------
@@ -227,8 +281,7 @@ def memory_limit_mb(meminfo: str | None = None, cgroup_limits: Sequence[str] | N
     if meminfo is None:
         meminfo = _read("/proc/meminfo")
     if cgroup_limits is None:
-        files = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
-        cgroup_limits = [_read(f) for f in files]
+        cgroup_limits = [_read(f) for f in _cgroup_limit_files(_read("/proc/self/cgroup"))]
     limits = [math.inf]
     found = re.search(r"MemTotal:\s*(\d+)\s*kB", meminfo)
     if found:
@@ -236,7 +289,27 @@ def memory_limit_mb(meminfo: str | None = None, cgroup_limits: Sequence[str] | N
     for text in cgroup_limits:
         if text.strip().isdigit() and int(text) < 2**60:  # cgroup v1 writes "no limit" as ~2^63
             limits.append(int(text) / 2**20)
+    chosen = os.environ.get(MEMORY_ENV, "").strip()
+    if chosen:
+        try:
+            limits.append(float(chosen))
+        except ValueError:
+            raise ProfileError(f"{MEMORY_ENV}={chosen!r} is not valid: it must be a number of MB") from None
     return min(limits)
+
+
+def _cgroup_limit_files(proc_cgroup: str) -> list[str]:
+    """The cgroup memory-limit files that may apply to this process: the mounted root's, and those
+    of its own cgroup as ``/proc/self/cgroup`` names it (v2 ``0::/path``, v1 ``N:memory:/path``)."""
+    files = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+    for line in proc_cgroup.splitlines():
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        path = path.strip().rstrip("/")
+        if path and controllers == "":
+            files.append(f"/sys/fs/cgroup{path}/memory.max")
+        elif path and "memory" in controllers.split(","):
+            files.append(f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+    return files
 
 
 def _read(path: str) -> str:
@@ -249,19 +322,93 @@ def _read(path: str) -> str:
 def small_memory_params(params: dict[str, Any], explicit: Iterable[str], limit_mb: float) -> dict[str, Any]:
     """``params`` with :data:`SMALL_MEMORY`'s values where the machine has under
     :data:`SMALL_MEMORY_MB` (``limit_mb``), a knob was not set explicitly and the profile's value
-    is larger; ``params["small_memory"]`` says whether the machine is small."""
+    is larger; ``params["small_memory"]`` says whether the machine is small, and
+    ``params["memory_limit_mb"]`` what it has."""
     small = limit_mb < SMALL_MEMORY_MB
-    params = {**params, "small_memory": small}
+    params = {**params, "small_memory": small, "memory_limit_mb": limit_mb}
     if small:
         for key, value in SMALL_MEMORY.items():
-            if key not in explicit and _magnitude(params[key]) > _magnitude(value):
+            if key not in explicit and _magnitude(key, params[key]) > _magnitude(key, value):
                 params[key] = value
     return params
 
 
-def _magnitude(value: int | tuple[int, ...]) -> int:
-    """A count, or the number of voxels of a shape: what "larger" means for a knob."""
-    return math.prod(value) if isinstance(value, tuple) else value
+def _magnitude(key: str, value: int | tuple[int, ...]) -> int:
+    """A count, or the number of voxels of a shape (a patch given as one side is a cube): what
+    "larger" means for a knob."""
+    if isinstance(value, tuple):
+        return math.prod(value)
+    return value**3 if key == "patch_size" else value
+
+
+def kernel_env(
+    limit_mb: float | None = None, cores: int | None = None, machine: str | None = None
+) -> dict[str, str]:
+    """The environment ``import helpers`` sets before TensorFlow loads (where the user has not set
+    it), and that ``helpers.runner``'s notebook kernels inherit.
+
+    ``TF_CPP_MIN_LOG_LEVEL=3``: TensorFlow's C++ INFO, WARNING and ERROR lines ("failed call to
+    cuInit" without a GPU, grappler's "remapper failed") stay out of cell outputs. On x86
+    ``TF_ENABLE_ONEDNN_OPTS=1`` (see ``helpers/__init__.py``). On a machine with under
+    :data:`SMALL_MEMORY_MB` (``limit_mb``, by default :func:`memory_limit_mb`):
+    ``TF_NUM_INTRAOP_THREADS`` and ``TF_NUM_INTEROP_THREADS`` of at most
+    :data:`SMALL_MEMORY_THREADS` (TensorFlow sizes its pools by the host's cores, which a container
+    shows in full), and ``MALLOC_ARENA_MAX`` of :data:`SMALL_MEMORY_ARENAS` for processes started
+    from here (Dask's workers); :func:`limit_malloc_arenas` does it for this one.
+
+    Example
+    -------
+    >>> kernel_env(2048, cores=64, machine="x86_64")["TF_NUM_INTRAOP_THREADS"]
+    '2'
+    >>> sorted(kernel_env(16384, cores=64, machine="arm64"))
+    ['TF_CPP_MIN_LOG_LEVEL']
+    """
+    import platform
+
+    env = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    if (machine or platform.machine()).lower() in ("x86_64", "amd64"):
+        env["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    if (memory_limit_mb() if limit_mb is None else limit_mb) < SMALL_MEMORY_MB:
+        threads = str(min(cores or usable_cores(), SMALL_MEMORY_THREADS))
+        env.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads)
+        env["MALLOC_ARENA_MAX"] = str(SMALL_MEMORY_ARENAS)
+    return env
+
+
+def limit_malloc_arenas(arenas: int) -> bool:
+    """Cap this process's glibc malloc arenas at ``arenas`` (``mallopt(M_ARENA_MAX)``; the
+    ``MALLOC_ARENA_MAX`` variable is only read when a process starts). Each thread that allocates
+    otherwise gets an arena of its own, which keeps what it freed. True where it took effect
+    (glibc), False elsewhere."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL(None).mallopt(-8, int(arenas)))  # -8: M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
+
+
+def small_memory_note(params: dict[str, Any]) -> str:
+    """One line saying how a notebook sized itself on a small-memory machine ("" on a larger one).
+
+    Example
+    -------
+    >>> small_memory_note({"small_memory": True, "memory_limit_mb": 2048, "batch_size": 2,
+    ...                    "patch_size": 32, "n_workers": 1})  # doctest: +ELLIPSIS
+    'A small-memory machine (2,048 MB): batches of 2 patches of 32^3, 1 Dask worker, ...'
+    """
+    if not params.get("small_memory"):
+        return ""
+    patch = params["patch_size"]
+    side = "x".join(map(str, patch)) if isinstance(patch, tuple) else f"{patch}^3"
+    threads = os.environ.get("TF_NUM_INTRAOP_THREADS", "all")
+    arenas = os.environ.get("MALLOC_ARENA_MAX", "default")
+    workers = params["n_workers"]
+    return (
+        f"A small-memory machine ({params['memory_limit_mb']:,.0f} MB): batches of {params['batch_size']} "
+        f"patches of {side}, {workers} Dask worker{'s' * (workers != 1)}, TensorFlow on {threads} threads, "
+        f"{arenas} malloc arenas"
+    )
 
 
 def resolve_profile_name(name: str) -> str:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import helpers
 from helpers.config import (
     OUTPUTS,
     REPO_ROOT,
@@ -65,13 +66,11 @@ def course_plan(dataset: str | None = None) -> list[tuple[str, str]]:
     return [(n, "sandstone") for n in present] + [(n, "brain") for n in SECOND_PASS if n in present]
 
 
-#: Environment of the notebook kernels: TensorFlow's C++ logging off (its INFO and
-#: WARNING lines, "cuInit: UNKNOWN ERROR (303)" without a GPU, look like failures), and
-#: its oneDNN kernels on where ``import helpers`` turned them on (see helpers/__init__.py).
-KERNEL_ENV = {
-    "TF_CPP_MIN_LOG_LEVEL": "3",
-    **{k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS",) if k in os.environ},
-}
+#: Environment of the notebook kernels: what ``import helpers`` set (:data:`helpers.KERNEL_ENV`):
+#: TensorFlow's C++ logging off (its INFO and WARNING lines, "cuInit: UNKNOWN ERROR (303)"
+#: without a GPU, look like failures), its oneDNN kernels on x86, and on a small-memory machine
+#: its threads and malloc arenas capped. A notebook's own ``import helpers`` sets the same.
+KERNEL_ENV = dict(helpers.KERNEL_ENV)
 
 
 #: Kernel options: what C and C++ libraries write to the process's file descriptors goes to

@@ -105,3 +105,61 @@ def test_a_small_memory_machine_gets_one_worker_and_a_smaller_volume():
     assert not big["small_memory"] and big["n_workers"] == 2
     assert big["large_shape"] == PROFILES["cpu"]["large_shape"]
     assert doctest.testmod(helpers.config).failed == 0
+
+
+def test_every_notebook_sizes_itself_on_a_small_memory_machine_and_says_so(monkeypatch):
+    """Issue 34: mybinder's 2 GB killed 04 (quick profile) in its resume demo; only 07 adapted.
+    Below SMALL_MEMORY_MB every notebook trains and predicts on batches of two 32^3 patches,
+    ``import helpers`` caps TensorFlow's threads and malloc arenas, and a line says so."""
+    import nbformat
+
+    from helpers.config import SMALL_MEMORY_MB, _cgroup_limit_files, kernel_env, small_memory_params
+
+    full = small_memory_params(dict(PROFILES["full"]), [], 2048.0)
+    assert (full["patch_size"], full["batch_size"], full["n_workers"]) == (32, 2, 1)
+    assert small_memory_params(dict(PROFILES["full"]), ["patch_size"], 2048.0)["patch_size"] == 64
+    thin = small_memory_params({**PROFILES["full"], "patch_size": (32, 64, 64)}, [], 2048.0)
+    assert thin["patch_size"] == 32  # a shape is compared by its voxels
+    big = small_memory_params(dict(PROFILES["full"]), [], 24576.0)
+    assert (big["patch_size"], big["batch_size"], big["small_memory"]) == (64, 8, False)
+
+    small = kernel_env(2048.0, cores=64, machine="x86_64")
+    assert small["TF_NUM_INTRAOP_THREADS"] == small["TF_NUM_INTEROP_THREADS"] == "2"
+    assert small["MALLOC_ARENA_MAX"] == "2" and small["TF_CPP_MIN_LOG_LEVEL"] == "3"
+    assert kernel_env(2048.0, cores=1, machine="x86_64")["TF_NUM_INTRAOP_THREADS"] == "1"
+    large = kernel_env(SMALL_MEMORY_MB + 1.0, cores=64, machine="x86_64")
+    assert large == {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "1"}
+
+    # a container's own cgroup, as /proc/self/cgroup names it (cgroup v1 and v2)
+    files = _cgroup_limit_files("9:memory:/binder-abc\n0::/user.slice/run.scope\n")
+    assert "/sys/fs/cgroup/memory/binder-abc/memory.limit_in_bytes" in files
+    assert "/sys/fs/cgroup/user.slice/run.scope/memory.max" in files
+
+    # a faked 2 GB limit reaches a fresh process: import helpers, get_params and the line
+    probe = (
+        "import os, helpers; from helpers.config import get_params, small_memory_note;"
+        "print(os.environ['TF_NUM_INTRAOP_THREADS'], os.environ['MALLOC_ARENA_MAX']);"
+        "print(small_memory_note(get_params('cpu')))"
+    )
+    unset = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "MALLOC_ARENA_MAX")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in unset}
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**env, "COURSE_MEMORY_MB": "2048"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    threads, arenas, note = out.stdout.split(maxsplit=2)
+    assert int(threads) in (1, 2) and arenas == "2", out.stderr
+    assert note.startswith("A small-memory machine (2,048 MB): batches of 2 patches of 32^3, 1 Dask worker")
+    monkeypatch.setenv("COURSE_MEMORY_MB", "two gigabytes")
+    with pytest.raises(ProfileError, match="COURSE_MEMORY_MB"):
+        get_params("quick")
+
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        sizing = next(c.source for c in cells if c.cell_type == "code" and "params = get_params(" in c.source)
+        assert 'if params["small_memory"]:' in sizing, path.stem
+        assert "print(small_memory_note(params)" in sizing, path.stem

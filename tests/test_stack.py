@@ -131,3 +131,25 @@ def test_every_script_that_uses_tensorflow_imports_helpers_at_its_top():
         ]
         if uses_tf:
             assert top_helpers and min(top_helpers) < min(uses_tf), script.name
+
+
+def test_importing_helpers_keeps_tensorflows_log_lines_out_of_any_kernel():
+    """Issue 34: only helpers.runner set TF_CPP_MIN_LOG_LEVEL, so in plain Jupyter "failed call
+    to cuInit" (no GPU) and the CPU feature guard's lines reached cell outputs."""
+    import os
+    import subprocess
+    import sys
+
+    import helpers
+    from helpers.runner import KERNEL_ENV
+
+    assert KERNEL_ENV == helpers.KERNEL_ENV and KERNEL_ENV["TF_CPP_MIN_LOG_LEVEL"] == "3"
+    env = {k: v for k, v in os.environ.items() if k not in KERNEL_ENV}
+    probe = (
+        "import helpers, tensorflow as tf; tf.config.list_physical_devices('GPU');"
+        "print(int(tf.constant(1) + 1))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "2", out.stderr
+    for line in ("cuInit", "cpu_feature_guard", "This TensorFlow binary is optimized"):
+        assert line not in out.stderr, out.stderr
