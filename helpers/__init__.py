@@ -4,9 +4,11 @@ One module per job, data flowing one way:
 
 - ``config`` (profiles and parameters), ``fetch`` (a Decathlon task downloaded and
   checked), ``io`` (volumes in every format, atomic writes, the validators),
-  ``zarr_volumes`` (chunked volumes on disk with their affine);
+  ``label_maps`` (the one reader of label files), ``zarr_volumes`` (chunked volumes
+  on disk with their affine);
 - ``geometry`` (align, reorient, resample and invert), ``preprocessing``
-  (normalisation), ``case_cache`` (cases preprocessed once to disk, read back as
+  (normalisation), ``planning`` (a dataset's fingerprint and the plan made from it),
+  ``tumours`` (a generated two-channel export), ``case_cache`` (cases preprocessed once to disk, read back as
   memory maps), ``splits`` (train / val / test), ``datasets`` (dataset folders
   and the embedded data), ``patches`` (windows, padding, blending);
 - ``sampling`` (the patch sampler), ``model`` (the U-Net, losses, metrics),

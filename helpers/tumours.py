@@ -72,9 +72,10 @@ def make_tumour_case(
     for name in TUMOUR_CHANNELS.values():
         levels = np.array([0.0, *_LEVELS[name]], np.float32)  # air, then brain and the three classes
         tissue = np.where(brain, 1 + labels, 0).astype(np.intp)
-        raw = levels[tissue] * bias * (1 + 0.08 * texture)
-        raw += 0.05 * rng.standard_normal(shape).astype(np.float32)
+        raw = levels[tissue]
         raw[(head <= 1.0) & ~brain] = 0.6 if name == "T1c" else 0.3  # scalp and skull
+        raw = raw * bias * (1 + 0.15 * texture)  # classes overlap in each channel, as in MR
+        raw += 0.2 * rng.standard_normal(shape).astype(np.float32)
         channels.append(((raw - raw.mean()) / raw.std()).astype(np.float32))
     return np.stack(channels, axis=-1), labels
 

@@ -31,11 +31,14 @@ import helpers  # noqa: E402, F401  (sets TensorFlow's CPU options before a test
 #: start on a long file and share out the short ones at the end, instead of one worker
 #: finishing a course pass alone.
 SLOWEST_FIRST = (
+    "test_course_real_export.py",
     "test_course_sandstone.py",
     "test_training.py",
     "test_course_own_dataset.py",
     "test_faults.py",
     "test_course_brain.py",
+    "test_course_two_cases.py",
+    "test_course_one_case.py",
     "test_notebooks.py",
     "test_benchmarks.py",
 )

@@ -51,3 +51,28 @@ def predict_in_process(capsys, *args) -> tuple[int, str, str]:
         code = exit.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def few_cases_course(root: Path, out: Path, cases: list[str]) -> dict[str, str]:
+    """The whole course (00-07), zero code, on a SandstoneCores folder of only ``cases``: too few to
+    split by case, so each case is cut into slabs. A short training (1 epoch of 2 steps): what is
+    checked is that every notebook runs on such a folder, not the scores. Returns each notebook's
+    printed text."""
+    from helpers.datasets import make_cores_dataset
+    from helpers.runner import COURSE
+
+    make_cores_dataset(root, cases=cases)
+    params = {
+        "profile": "quick",
+        "dataset": str(root),
+        "output_dir": str(out),
+        "epochs": 1,
+        "steps_per_epoch": 2,
+    }
+    printed = {}
+    for name in COURSE:
+        target = out / "executed" / f"{name}.ipynb"
+        run_clean(name, params, target, demos=False)
+        cells = nbformat.read(target, as_version=4).cells
+        printed[name] = "\n".join(o.get("text", "") for c in cells for o in c.get("outputs", []))
+    return printed

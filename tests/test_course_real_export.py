@@ -64,7 +64,7 @@ def test_the_model_knows_its_channels_and_its_plan(export):
 def test_05_scores_every_test_case_at_native_resolution_from_float_labels(export):
     run_dir = next((export["out"] / "runs").glob("Dataset042_Tumour-quick-*"))
     scores = json.loads((run_dir / "evaluation" / "scores.json").read_text())
-    metrics = json.loads((export["out"] / "metrics" / "Tumour.json").read_text())["evaluation"]
+    metrics = json.loads((export["out"] / "metrics" / "Dataset042_Tumour.json").read_text())["evaluation"]
     assert sorted(scores["unet"]["per_case"]) == sorted(metrics["cases"]) and metrics["grid"] == "native"
     assert len(scores["unet"]["iou"]) == 3  # the three foreground classes
 

@@ -1,18 +1,14 @@
-"""Issue 6: every notebook's skeleton; issue 19: a dataset of two cases through 04-06.
+"""Issue 6: every notebook's skeleton.
 
-The course passes are in test_course_sandstone.py, test_course_brain.py and
-test_course_own_dataset.py, one file each so that ``make test``'s two workers share them.
+The course passes are in the test_course_*.py files, one file each so that ``make test``'s two
+workers share them.
 """
 
-import json
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import pytest
-from course_checks import run_clean
 
-from helpers.results import write_summary
 from helpers.runner import COURSE, NOTEBOOK_DIR, NotebookError, execute_notebook
 
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -95,34 +91,3 @@ def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path):
     with pytest.raises(NotebookError, match=r"broken\.ipynb failed in cell 1.*ValueError: boom"):
         execute_notebook(src, {}, tmp_path / "out.ipynb")
     assert Path(tmp_path / "out.ipynb").exists()
-
-
-@pytest.mark.notebooks
-def test_a_dataset_of_two_cases_runs_through_training_evaluation_and_prediction(tmp_path):
-    """Two cases, each cut into train, validation and test slabs. One case takes the same
-    path with one slab per part (``test_dataset_folder``'s slab test covers its split), so
-    running the three notebooks again for it (120 s under ``make test``) adds no coverage."""
-    from test_dataset_folder import blob_case, write_nifti
-
-    n_cases = 2
-    root = tmp_path / f"Few{n_cases}"
-    for k in range(n_cases):
-        image, labels = blob_case(k, (40, 36, 36))
-        labels[2:38, 10:26, 12:24] = 1  # an organ through every slice, so that every slab holds some
-        image = (labels * 200 + image % 40 - 100).astype(np.int16)
-        write_nifti(root / "imagesTr" / f"scan{k}_0000.nii.gz", image)
-        write_nifti(root / "labelsTr" / f"scan{k}.nii.gz", labels)
-    spec = {"name": f"Few{n_cases}", "modality": "CT", "labels": {"background": 0, "organ": 1}}
-    (root / "dataset.json").write_text(json.dumps(spec))
-    out = tmp_path / "course"
-    params = {"profile": "quick", "dataset": str(root), "output_dir": str(out)}
-    for name in ("04_training", "05_evaluation", "06_unpatchify_visualization"):
-        run_clean(name, params, out / "executed" / f"{name}.ipynb", demos=False)
-    evaluation = json.loads((out / "metrics" / f"Few{n_cases}.json").read_text())["evaluation"]
-    assert evaluation["grid"] == "working" and sorted(evaluation["cases"]) == [
-        f"scan{k}" for k in range(n_cases)
-    ]
-    summary = write_summary(out, "quick", [], 1.0).read_text()
-    assert (
-        "slabs of the working grid" in summary and "Means are over the foreground classes (organ" in summary
-    )
