@@ -341,7 +341,9 @@ def _apply_scaling(raw: np.ndarray, slope: float, inter: float) -> np.ndarray:
 
 
 def _check_numpy_header(path: Path) -> None:
-    """Refuse a .npy with an unsupported header, pickled objects or less data than it declares."""
+    """Refuse an empty file, or a .npy with an unsupported header, pickled objects or too little data."""
+    if path.stat().st_size == 0:
+        raise VolumeError(path, "is an empty file (0 bytes): an interrupted copy or write?")
     with open(path, "rb") as f:
         magic = f.read(6)
         if magic.startswith(b"\x93NUMPY"):

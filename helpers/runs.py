@@ -5,7 +5,8 @@ A run folder (``run_dir``) holds one training run::
     .lock             the OS lock held while a process trains here (holds its PID)
     log.csv           one row per finished epoch, rewritten atomically after each commit
     best.keras        the best model by the monitored metric, for inference
-    complete.json     written once, when the run has finished
+    training.json     seconds per epoch of the call that finished the run, and its record
+    complete.json     written once, when the run has finished (after training.json)
     backup/           the resume point while the run is unfinished:
         epoch-NNNN.json         a commit: history, best value and epoch, early stop, resume point
         epoch-NNNN.weights.h5   weights and optimizer state after NNNN epochs (a state commit)
@@ -20,6 +21,12 @@ commit it would resume from. A best-model candidate is written with state commit
 at the end, so ``best.keras`` may lag the log by the epochs since the last of them.
 After a kill the next call rolls the log and ``best.keras`` back to that state commit
 and trains again from there: it loses at most the epochs since, never a finished run.
+
+Everything that decides what a run folder holds, what to keep and where to resume is
+here, behind one call: :func:`run_status` (fresh, resume or complete, with a message
+saying what it found and what it discards). The training loop
+(:mod:`helpers.training`) only trains, commits each epoch (:func:`write_commit`,
+:func:`settle`) and ends the run with :func:`finish_run`.
 It imports no Keras or TensorFlow (h5py only to check a weights file), so it is cheap to import.
 """
 
@@ -35,7 +42,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from helpers.io import atomic_path, remove_stale_temporaries, write_text_atomic
 
@@ -91,7 +98,10 @@ class Commit:
 
     ``resume_from`` is the ``epochs_done`` of the newest state commit at or before this
     one (None in records written before state commits were spaced out: every commit
-    then held its weights).
+    then held its weights). ``timing`` is what ``training.json`` will hold if this commit
+    ends the run: the seconds, epochs and seconds per epoch the call that wrote it has
+    trained so far, with that call's record (None in records written before it was kept
+    here, or for a call that trained nothing).
     """
 
     epochs_done: int
@@ -101,11 +111,16 @@ class Commit:
     best_epoch: int | None = None
     stopped_early: bool = False
     resume_from: int | None = None
+    timing: dict[str, Any] | None = None
 
     @property
     def is_state(self) -> bool:
         """Whether this commit saved the weights and optimizer state."""
         return self.resume_from is None or self.resume_from == self.epochs_done
+
+    def finishes(self, epochs: int) -> bool:
+        """Whether this commit ends a run of ``epochs`` epochs (all of them, or an early stop)."""
+        return self.epochs_done >= epochs or self.stopped_early
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=1)
@@ -314,3 +329,152 @@ def committed_epochs(run_dir: str | os.PathLike[str]) -> int:
 def leftover_temporaries(run_dir: str | os.PathLike[str]) -> list[Path]:
     """Temporary files (``*.partial*``) anywhere under ``run_dir``: none after a clean resume."""
     return sorted(p for p in Path(run_dir).rglob(".*.partial*"))
+
+
+def finish_run(run_dir: str | os.PathLike[str], commit: Commit, epochs: int) -> dict[str, Any] | None:
+    """End a run of ``epochs`` epochs whose newest commit is ``commit``, if that commit ends it.
+
+    Writes ``training.json`` (``commit.timing``) and then ``complete.json``, and only then
+    removes the resume point and any temporary file (:func:`settle_complete`): a kill
+    anywhere in between leaves a folder that :func:`run_status` finishes again, so a
+    complete run always has its record. Returns the ``complete.json`` record, or None
+    when ``commit`` does not end the run (nothing is written). Call it only while
+    holding :func:`run_lock`.
+    """
+    if not commit.finishes(epochs):
+        return None
+    run_dir = Path(run_dir)
+    settle(run_dir, commit, resume_point(run_dir) or commit)  # the resume point stays till complete.json
+    if commit.timing is not None:
+        write_text_atomic(run_dir / "training.json", json.dumps(commit.timing, indent=1))
+    done = {
+        "epochs": epochs,
+        "epochs_run": commit.epochs_done,
+        "stopped_early": commit.stopped_early,
+        "best": commit.best,
+        "best_epoch": commit.best_epoch,
+        "monitor": commit.monitor,
+    }
+    write_text_atomic(run_dir / "complete.json", json.dumps(done, indent=1))
+    settle_complete(run_dir)
+    return done
+
+
+def settle_complete(run_dir: str | os.PathLike[str]) -> None:
+    """After ``complete.json``: drop the resume point and any temporary file left by a crash."""
+    shutil.rmtree(backup_dir(run_dir), ignore_errors=True)
+    for tmp in leftover_temporaries(run_dir):
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What :func:`run_status` found in a run folder, and what a training there does next.
+
+    ``kind`` is ``"fresh"`` (train from epoch 0), ``"resume"`` (load the weights of
+    ``commit``, a state commit, and train on from ``commit.epochs_done``) or
+    ``"complete"`` (train nothing; ``done`` is the ``complete.json`` record).
+    ``message`` says in a sentence what was found and what was discarded ("" for an
+    empty folder).
+    """
+
+    kind: Literal["fresh", "resume", "complete"]
+    commit: Commit | None = None
+    done: dict[str, Any] | None = None
+    message: str = ""
+
+    @property
+    def initial_epoch(self) -> int:
+        """The first epoch (0-based) still to train; for a complete run, the epochs it ran."""
+        if self.done is not None:
+            return int(self.done.get("epochs_run", self.done["epochs"]))
+        return self.commit.epochs_done if self.commit else 0
+
+
+def run_status(run_dir: str | os.PathLike[str], epochs: int) -> RunStatus:
+    """Decide how a training of ``epochs`` epochs goes on in ``run_dir``, and tidy the folder for it.
+
+    The one place that reads a run folder's state. In order:
+
+    1. ``complete.json`` exists: the run is complete (a damaged one raises).
+    2. The newest commit ends the run (all ``epochs`` logged, or an early stop) but
+       ``complete.json`` is missing (a kill while the run was ending): the run is
+       finished now (:func:`finish_run`, ``training.json`` included) and complete.
+    3. ``best.keras`` or ``log.csv`` without any record: raise, deleting nothing.
+    4. Otherwise roll back to the newest readable state commit (:func:`resume_point`)
+       and resume from it, or start fresh when there is none. The log and ``best.keras``
+       follow (:func:`settle`); epochs logged after that point are discarded, and the
+       message says how many.
+
+    A complete run is never trained again: asking it for more epochs than it ran
+    raises. Call it only while holding :func:`run_lock`.
+
+    Raises
+    ------
+    RunFolderError
+        A damaged ``complete.json``, a completed run asked for more epochs, or results
+        without any record (nothing is deleted).
+
+    Example
+    -------
+    >>> with run_lock("runs/demo"):  # doctest: +SKIP
+    ...     status = run_status("runs/demo", epochs=10)
+    >>> status.kind, status.initial_epoch  # doctest: +SKIP
+    ('fresh', 0)
+    """
+    run_dir = Path(run_dir)
+    done, newest, finished_now = read_complete(run_dir), None, False
+    if done is None:
+        newest = latest_commit(run_dir)
+        if newest is not None and newest.finishes(epochs):
+            done, finished_now = finish_run(run_dir, newest, epochs), True
+        elif newest is None and orphaned_results(run_dir):
+            raise RunFolderError(
+                f"{run_dir} holds {' and '.join(orphaned_results(run_dir))} but neither complete.json "
+                "nor a resume point: a finished run whose records were removed. Nothing was deleted; "
+                "delete those files (or the folder) to train again, or choose another run_dir"
+            )
+    if done is not None:
+        return _complete_status(run_dir, done, epochs, finished_now)
+    point = resume_point(run_dir)
+    settle(run_dir, point)
+    logged, kept = newest.epochs_done if newest else 0, point.epochs_done if point else 0
+    return RunStatus("resume" if point else "fresh", point, None, _resume_message(run_dir, logged, kept))
+
+
+def _complete_status(run_dir: Path, done: dict[str, Any], epochs: int, finished_now: bool) -> RunStatus:
+    settle_complete(run_dir)
+    if done["epochs"] < epochs:
+        raise RunFolderError(
+            f"{run_dir} holds a completed {done['epochs']}-epoch run; to train {epochs} epochs "
+            "delete it or choose another run_dir"
+        )
+    if finished_now:
+        message = (
+            f"{run_dir}: the run's last epoch ({done['epochs_run']}) was logged before an interruption; "
+            "the run is now marked complete. Delete it to retrain."
+        )
+    else:
+        message = f"{run_dir} already holds a completed {done['epochs']}-epoch run; delete it to retrain."
+    return RunStatus("complete", None, done, message)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
+def _resume_message(run_dir: Path, logged: int, kept: int) -> str:
+    """What a resume says: how many epochs it keeps and which logged ones it discards."""
+    lost = logged - kept
+    if lost <= 0:
+        return f"Resuming from {run_dir}: {_count(kept, 'epoch')} already done." if kept else ""
+    which = f"epoch {logged}" if lost == 1 else f"epochs {kept + 1} to {logged}"
+    if kept == 0:
+        return (
+            f"{run_dir} holds {_count(lost, 'logged epoch')} but no saved weights to "
+            f"resume from: discarding {which} and training again from epoch 1."
+        )
+    return (
+        f"Resuming from {run_dir}: {_count(kept, 'epoch')} already done, saved with their weights; "
+        f"discarding the {_count(lost, 'logged epoch')} since ({which}), to train again."
+    )

@@ -1,17 +1,17 @@
 """Training: a resumable, crash-safe training loop.
 
 :func:`train` runs Adam on a :class:`helpers.sampling.PatchSampler` in a locked run
-folder (:mod:`helpers.runs`) and commits every finished epoch (the log every epoch;
-the weights with the optimizer state, and the best model, every few and at the end),
-so a killed kernel resumes from the last state commit and loses at most the epochs since.
+folder and commits every finished epoch (the log every epoch; the weights with the
+optimizer state, and the best model, every few and at the end), so a killed kernel
+resumes from the last state commit and loses at most the epochs since. Only Keras
+work is here: which files the folder holds, what to keep and where to resume are
+decided in :mod:`helpers.runs` (:func:`helpers.runs.run_status`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,20 +21,16 @@ from typing import Any
 import keras
 import numpy as np
 
-from helpers.io import atomic_path, write_text_atomic
+from helpers.io import atomic_path
 from helpers.model import SegmentationLoss, iou_metrics, strategy_scope
 from helpers.runs import (  # read_log: re-exported for the notebooks
     Commit,
-    RunFolderError,
     backup_dir,
     candidate_path,
-    latest_commit,
-    leftover_temporaries,
-    orphaned_results,
-    read_complete,
+    finish_run,
     read_log,
-    resume_point,
     run_lock,
+    run_status,
     settle,
     weights_path,
     write_commit,
@@ -77,6 +73,10 @@ class RunCheckpoint(keras.callbacks.Callback):
     written with each state commit and at the last epoch: a resume rolls back to the
     state commit and discards any later candidate, so writing one at every improvement
     would cost disk and protect nothing.
+
+    Each commit carries the timing of the epochs this callback has seen since it was made
+    (wall seconds from its creation, so including compile and the first trace), with
+    ``record``: what ``training.json`` holds when that commit ends the run.
     """
 
     def __init__(
@@ -87,11 +87,15 @@ class RunCheckpoint(keras.callbacks.Callback):
         epochs: int | None = None,
         state_every: int = STATE_EVERY,
         state_minutes: float = STATE_MINUTES,
+        record: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
         self.commit = commit or Commit(0, monitor=monitor, resume_from=0)
         self.resume = self.commit
+        self.resume_start = self.commit.epochs_done  # the epochs done before this callback
+        self.record = dict(record or {})
+        self._started = time.perf_counter()
         self.monitor = monitor
         self.epochs = epochs
         self.state_every, self.state_seconds = int(state_every), 60.0 * float(state_minutes)
@@ -121,6 +125,11 @@ class RunCheckpoint(keras.callbacks.Callback):
         waited = time.monotonic() - self._last_state
         return done - self.resume.epochs_done >= self.state_every or waited >= self.state_seconds
 
+    def _timing(self, done: int) -> dict[str, Any]:
+        ran = done - self.resume_start
+        elapsed = time.perf_counter() - self._started
+        return {"seconds": elapsed, "epochs_run": ran, "seconds_per_epoch": elapsed / ran, **self.record}
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
         row = {"epoch": epoch, **{k: float(v) for k, v in logs.items()}}
@@ -145,7 +154,10 @@ class RunCheckpoint(keras.callbacks.Callback):
                 self.model.save_weights(tmp)
         resume_from = epoch + 1 if state else self.resume.epochs_done
         history = [*old.history, row]
-        self.commit = Commit(epoch + 1, history, self.monitor, best, best_epoch, stopping, resume_from)
+        timing = self._timing(epoch + 1)
+        self.commit = Commit(
+            epoch + 1, history, self.monitor, best, best_epoch, stopping, resume_from, timing
+        )
         write_commit(self.run_dir, self.commit)
         if state:
             self.resume, self._last_state = self.commit, time.monotonic()
@@ -192,13 +204,15 @@ def training_run(
     commits every finished epoch atomically (the log every epoch; the weights with the
     optimizer state, and ``best.keras``, every ``state_every`` epochs or ``state_minutes``
     minutes and at the end), so after a kill at any moment the next call resumes from the last state
-    commit. When the block ends with all ``epochs`` committed (or an early stop),
-    ``complete.json`` is written and the resume point removed; a completed run is never
-    trained again, and asking it for more epochs raises
-    :class:`helpers.runs.RunFolderError`, as do a damaged ``complete.json`` and a
+    commit. What the folder holds and where to start is decided once, by
+    :func:`helpers.runs.run_status`, which prints what it found and what it discards. When
+    the block ends with all ``epochs`` committed (or an early stop),
+    :func:`helpers.runs.finish_run` writes ``training.json`` (the seconds per epoch of the
+    epochs this call trained, with ``record``), then ``complete.json``, and removes the
+    resume point. A completed run is never trained again, and asking it for more epochs
+    raises :class:`helpers.runs.RunFolderError`, as do a damaged ``complete.json`` and a
     ``best.keras`` or ``log.csv`` left without any record: nothing finished is deleted
-    unasked. ``training.json`` records the seconds per epoch of the epochs this call
-    trained, with ``record``.
+    unasked.
 
     Example
     -------
@@ -212,45 +226,17 @@ def training_run(
         raise ValueError(f"state_minutes must be a number > 0, got {state_minutes!r}")
     run_dir = Path(run_dir)
     with run_lock(run_dir):
-        done = read_complete(run_dir)
-        commit = None
-        if done is None:
-            newest = latest_commit(run_dir)
-            if newest is not None and (newest.epochs_done >= epochs or newest.stopped_early):
-                done = _complete(run_dir, newest, epochs)
-            elif newest is None and orphaned_results(run_dir):
-                raise RunFolderError(
-                    f"{run_dir} holds {' and '.join(orphaned_results(run_dir))} but neither complete.json "
-                    "nor a resume point: a finished run whose records were removed. Nothing was deleted; "
-                    "delete those files (or the folder) to train again, or choose another run_dir"
-                )
-            else:
-                commit = resume_point(run_dir)
-        if done is not None:
-            settle_complete(run_dir)
-            if done["epochs"] < epochs:
-                raise RunFolderError(
-                    f"{run_dir} holds a completed {done['epochs']}-epoch run; to train {epochs} epochs "
-                    "delete it or choose another run_dir"
-                )
-            print(f"{run_dir} already holds a completed {done['epochs']}-epoch run; delete it to retrain.")
-            yield TrainingRun(run_dir, epochs, int(done.get("epochs_run", epochs)), True, [])
+        status = run_status(run_dir, epochs)
+        if status.message:
+            print(status.message)
+        if status.kind == "complete":
+            yield TrainingRun(run_dir, epochs, status.initial_epoch, True, [])
             return
-        settle(run_dir, commit)
-        resumed = commit.epochs_done if commit else 0
-        if resumed:
-            print(f"Resuming from {run_dir}: {resumed} epoch(s) already done.")
-        checkpoint = RunCheckpoint(run_dir, commit, monitor, epochs, state_every, state_minutes)
-        start = time.perf_counter()
-        yield TrainingRun(run_dir, epochs, resumed, False, [checkpoint])
-        ran = checkpoint.commit.epochs_done - resumed
-        if ran > 0:
-            elapsed = time.perf_counter() - start
-            timing = {"seconds": elapsed, "epochs_run": ran, "seconds_per_epoch": elapsed / ran}
-            write_text_atomic(run_dir / "training.json", json.dumps({**timing, **(record or {})}, indent=1))
-        if checkpoint.commit.epochs_done >= epochs or checkpoint.commit.stopped_early:
-            _complete(run_dir, checkpoint.commit, epochs)
-            settle_complete(run_dir)
+        checkpoint = RunCheckpoint(
+            run_dir, status.commit, monitor, epochs, state_every, state_minutes, record=record
+        )
+        yield TrainingRun(run_dir, epochs, status.initial_epoch, False, [checkpoint])
+        finish_run(run_dir, checkpoint.commit, epochs)
 
 
 def compile_for_training(
@@ -316,32 +302,6 @@ def train(
                 verbose=verbose,
             )
     return read_log(Path(run_dir) / "log.csv")
-
-
-def _complete(run_dir: Path, commit: Commit, epochs: int) -> dict[str, Any]:
-    """Write ``complete.json`` for a run whose last commit is ``commit``.
-
-    The state commit it would resume from stays until ``complete.json`` exists, so a
-    kill in between still finds a resume point (:func:`settle_complete` removes it).
-    """
-    settle(run_dir, commit, resume_point(run_dir) or commit)
-    done = {
-        "epochs": epochs,
-        "epochs_run": commit.epochs_done,
-        "stopped_early": commit.stopped_early,
-        "best": commit.best,
-        "best_epoch": commit.best_epoch,
-        "monitor": commit.monitor,
-    }
-    write_text_atomic(run_dir / "complete.json", json.dumps(done, indent=1))
-    return done
-
-
-def settle_complete(run_dir: Path) -> None:
-    """After ``complete.json``: drop the resume point and any temporary file left by a crash."""
-    shutil.rmtree(run_dir / "backup", ignore_errors=True)
-    for tmp in leftover_temporaries(run_dir):
-        tmp.unlink(missing_ok=True)
 
 
 class SimulatedInterruption(RuntimeError):

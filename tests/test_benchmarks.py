@@ -50,3 +50,17 @@ def test_label_inversion_script_compares_both_routes_and_finds_them_identical():
     out = run("benchmarks/label_inversion.py", "--slices", "12", "--classes", "4")
     assert "identical label maps: True" in out
     assert re.search(r"speed-up \d+\.\dx", out)
+
+
+def test_docs_give_every_benchmark_script_a_section_of_its_own():
+    """Issue 35: docs/benchmarks.md is one section per benchmark, stated in the present."""
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    headings = re.findall(r"^## (.+)$", text, flags=re.M)
+    scripts = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
+    for name in (s for s in scripts if s != "frozen_predict_volume.py"):  # stitching.py's baseline
+        assert sum(h.startswith(f"`benchmarks/{name}`") for h in headings) == 1, (name, headings)
+        section = text.split(f"## `benchmarks/{name}`", 1)[1].split("\n## ", 1)[0]
+        assert f"benchmarks/{name}" in section.split("```")[1], f"{name}: the command first"
+        assert re.search(r"(Intel|AMD EPYC)[^.\n]*, 20\d\d-\d\d-\d\d", section) or name == "gpu.py", name
+    assert {"`make test`", "`make run`", "Changelog"} <= set(headings), headings
+    assert not re.search(r"\bsession\b", text, flags=re.I)

@@ -1,6 +1,7 @@
 """Issues 15 and 23: training survives SIGKILL at any moment, losing at most the epochs since the
 last state commit (``fault_worker.STATE_EVERY``), and a run folder admits one training."""
 
+import json
 import os
 import signal
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -58,9 +60,11 @@ def finish(proc: subprocess.Popen) -> list[int]:
     return [int(line.split()[1]) for line in out.splitlines() if line.startswith("STARTED")]
 
 
-def check_finished_run(run_dir: Path) -> None:
-    assert read_log(run_dir / "log.csv")["epoch"] == list(range(EPOCHS))
-    assert read_complete(run_dir)["epochs"] == EPOCHS
+def check_finished_run(run_dir: Path, epochs: int = EPOCHS) -> None:
+    assert read_log(run_dir / "log.csv")["epoch"] == list(range(epochs))
+    assert read_complete(run_dir)["epochs"] == epochs
+    timing = json.loads((run_dir / "training.json").read_text())  # the run's record is complete
+    assert timing["epochs_run"] >= 1 and timing["seconds_per_epoch"] > 0
     assert load_model(run_dir / "best.keras").output_shape == (None, 16, 16, 16, 3)
     assert leftover_temporaries(run_dir) == []
     assert not (run_dir / "backup").exists()
@@ -80,16 +84,32 @@ def fork_server() -> subprocess.Popen:
     )
 
 
+class Child(NamedTuple):
+    """What a child of the fork server did: the epochs it started, when (seconds after the
+    fork, with the end of the run last), its wait status, and the other lines it printed."""
+
+    started: list[int]
+    times: list[float]
+    status: int
+    said: list[str]
+
+
 def forked(
-    server: subprocess.Popen, run_dir: Path, kill_at: tuple[int, float] | None = None, slow: bool = True
-) -> tuple[list[int], list[float], int]:
+    server: subprocess.Popen,
+    run_dir: Path,
+    kill_at: tuple[int, float] | None = None,
+    slow: bool = True,
+    kill_write: int | str = 0,
+    epochs: int = EPOCHS,
+    state_every: int = STATE_EVERY,
+) -> Child:
     """Train in ``run_dir`` in a child forked by ``server``; with ``kill_at=(k, s)``, SIGKILL
-    it ``s`` seconds after it starts epoch k. Every write sleeps ``SLOW_WRITE`` s before its
-    rename if ``slow``. Returns the epochs it started, when (seconds after the fork, with the
-    end of the run last) and the child's wait status."""
-    server.stdin.write(f"{run_dir} {SLOW_WRITE if slow else 0}\n")
+    it ``s`` seconds after it starts epoch k; with ``kill_write``, the child kills itself in
+    that write (its number or file name, see ``fault_worker``). Every write sleeps
+    ``SLOW_WRITE`` s before its rename if ``slow``."""
+    server.stdin.write(f"{run_dir} {SLOW_WRITE if slow else 0} {kill_write} {epochs} {state_every}\n")
     server.stdin.flush()
-    started, times, t0, pid = [], [], time.perf_counter(), None
+    started, times, said, t0, pid = [], [], [], time.perf_counter(), None
     while line := server.stdout.readline():
         word, *rest = line.split() or [""]
         value = int(rest[-1]) if word in ("PID", "STARTED", "DONE") else None
@@ -107,7 +127,9 @@ def forked(
                 server.stdin.write("reap\n")
                 server.stdin.flush()
         elif word == "DONE":
-            return started, [*times, time.perf_counter() - t0], value
+            return Child(started, [*times, time.perf_counter() - t0], value, said)
+        else:
+            said.append(line.rstrip("\n"))
     raise AssertionError(f"the fork server ended: {server.stderr.read()[-3000:]}")
 
 
@@ -123,8 +145,8 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     references = [tmp_path / "reference0", tmp_path / "reference1"]
     with ThreadPoolExecutor(max_workers=2) as pool:
         done = list(pool.map(forked, servers, references))
-    assert [(started, status) for started, _, status in done] == [(list(range(EPOCHS)), 0)] * 2
-    epoch_seconds = np.max([np.diff(times) for _, times, _ in done], axis=0)
+    assert [(child.started, child.status) for child in done] == [(list(range(EPOCHS)), 0)] * 2
+    epoch_seconds = np.max([np.diff(child.times) for child in done], axis=0)
     for reference in references:
         check_finished_run(reference)
 
@@ -144,9 +166,9 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     for server in servers:
         server.stdin.close()
         assert server.wait(timeout=60) == 0, server.stderr.read()[-3000:]
-    assert (again[0], again[2]) == ([], 0)  # a finished run is never retrained
-    assert [status for *_, status in even + odd] == [0] * len(runs)
-    resumed = [started for pair in zip(even, odd, strict=True) for started, *_ in pair]
+    assert (again.started, again.status) == ([], 0)  # a finished run is never retrained
+    assert [child.status for child in even + odd] == [0] * len(runs)
+    resumed = [child.started for pair in zip(even, odd, strict=True) for child in pair]
     for i, ((done, logged, _torn), started) in enumerate(zip(killed, resumed, strict=True)):
         # a resume starts at the last state commit, at most STATE_EVERY - 1 logged epochs back,
         # and a run whose last epoch was logged is finished, not retrained
@@ -170,12 +192,102 @@ def kill(server: subprocess.Popen, run_dir: Path, at: tuple[int, float]) -> tupl
     Returns (epochs saved for good at the kill, epochs logged, whether the kill left a
     temporary file).
     """
-    *_, status = forked(server, run_dir, at)
+    status = forked(server, run_dir, at).status
     assert status == 0 or (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL), status
     done, torn = committed_epochs(run_dir), bool(leftover_temporaries(run_dir))
     newest = latest_commit(run_dir)
     logged = EPOCHS if read_complete(run_dir) else newest.epochs_done if newest else 0
     return done, logged, torn
+
+
+def logged_and_kept(run_dir: Path, epochs: int = EPOCHS) -> tuple[int, int]:
+    """Epochs ``run_dir``'s log holds, and epochs a rerun keeps: those saved in a state commit,
+    or all of them once the last is logged (the run is finished, not retrained)."""
+    done, newest = read_complete(run_dir), latest_commit(run_dir)
+    logged = done["epochs_run"] if done else newest.epochs_done if newest else 0
+    return logged, logged if logged >= epochs else committed_epochs(run_dir)
+
+
+def check_says_what_it_discards(child: Child, run_dir: Path, logged: int, kept: int) -> None:
+    """A rerun that discards logged epochs says so, naming the folder and how many; one that
+    discards nothing says nothing of the kind."""
+    discards = [line for line in child.said if "discard" in line]
+    if kept < logged:
+        assert any(str(run_dir) in line and f"{logged - kept} logged epoch" in line for line in discards), (
+            logged,
+            kept,
+            child.said,
+        )
+    else:
+        assert discards == [], child.said
+
+
+@pytest.mark.slow
+def test_a_kill_in_any_write_resumes_with_a_clean_log_and_says_what_it_discards(tmp_path):
+    """Issue 35: killed in each write of a run in turn, the rerun finishes it with every epoch
+    logged once and its record complete, and says what it discards. A kill before the first
+    state commit discarded the logged epochs without a word; one in ``training.json`` finished
+    the run without it."""
+    servers = [fork_server(), fork_server()]  # two at a time: the machine has 2 cores
+    for server in servers:
+        wait_ready(server)
+    # 4 epochs, state commits after 2: a kill before the first state commit, one after it that
+    # rolls back a logged epoch, and one as the run ends (all of them, in 3 min, not 5 with 5 epochs)
+    epochs = 4
+    reference = forked(servers[0], tmp_path / "reference", slow=False, epochs=epochs)
+    check_finished_run(tmp_path / "reference", epochs)
+    writes = [line.split()[2] for line in reference.said if line.startswith("WRITE")]
+    assert {"backup/epoch-0002.weights.h5", "training.json", "complete.json"} <= set(writes), writes
+
+    def kill_and_rerun(k: int) -> list[tuple[Path, str, int, int, Child]]:
+        done = []
+        for n in range(k + 1, len(writes) + 1, 2):
+            run_dir = tmp_path / f"kill{n}"
+            child = forked(servers[k], run_dir, slow=False, kill_write=n, epochs=epochs)
+            # a run's writes vary a little (best.keras follows the validation score), so the
+            # n-th may be another file than in the reference, or past the run's last
+            last = child.said[-1].split()
+            killed = last[2] if last[:2] == ["WRITE", str(n)] else None
+            signaled = os.WIFSIGNALED(child.status) and os.WTERMSIG(child.status) == signal.SIGKILL
+            assert signaled == (killed is not None) and (signaled or child.status == 0), child
+            logged, kept = logged_and_kept(run_dir, epochs)
+            again = forked(servers[k], run_dir, slow=False, epochs=epochs)
+            done.append((run_dir, killed, logged, kept, again))
+        return done
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reruns = [rerun for half in pool.map(kill_and_rerun, (0, 1)) for rerun in half]
+    for server in servers:
+        server.stdin.close()
+        assert server.wait(timeout=60) == 0, server.stderr.read()[-3000:]
+    killed = [name for _, name, *_ in reruns]
+    assert {"backup/epoch-0002.weights.h5", "training.json", "complete.json"} <= set(killed), killed
+    for run_dir, _, logged, kept, again in reruns:
+        assert again.status == 0, again
+        assert again.started == ([] if logged >= epochs else list(range(kept, epochs))), (run_dir, again)
+        check_says_what_it_discards(again, run_dir, logged, kept)
+        check_finished_run(run_dir, epochs)
+    rollbacks = {(logged, kept) for _, _, logged, kept, _ in reruns if kept < logged}
+    assert {(1, 0), (3, 2)} <= rollbacks, rollbacks  # both kinds of loss were met
+
+
+@pytest.mark.slow
+def test_the_quick_profile_killed_in_its_first_weights_write_says_what_it_discards(tmp_path):
+    """Issue 35, as a user met it: the quick profile's 8 epochs with a state commit every 6,
+    killed in the first weights write, held five logged epochs and no saved state."""
+    write, logged = "backup/epoch-0006.weights.h5", 5
+    server = fork_server()
+    wait_ready(server)
+    run_dir = tmp_path / "run"
+    killed = forked(server, run_dir, slow=False, kill_write=write, epochs=8, state_every=6)
+    assert os.WTERMSIG(killed.status) == signal.SIGKILL and killed.said[-1].endswith(f" {write}")
+    assert logged_and_kept(run_dir, 8) == (logged, 0)
+    again = forked(server, run_dir, slow=False, epochs=8, state_every=6)
+    server.stdin.close()
+    assert server.wait(timeout=60) == 0, server.stderr.read()[-3000:]
+    assert again.started == list(range(8))
+    check_says_what_it_discards(again, run_dir, logged, 0)
+    check_finished_run(run_dir, epochs=8)
 
 
 @pytest.mark.slow

@@ -274,6 +274,17 @@ def test_corrupt_or_truncated_file(tmp_path, ref, name):
     assert_names(err, path, "corrupt or truncated")
 
 
+@pytest.mark.parametrize("name", ["e.npy", "e.npz", "e.nii", "e.nii.gz"])
+def test_an_empty_file_is_called_empty(tmp_path, name):
+    """Issue 35: a 0-byte .npy or .npz was refused as "no NumPy header", an empty .nii as "Empty file"."""
+    path = tmp_path / name
+    path.write_bytes(b"")
+    with pytest.raises(VolumeError) as err:
+        load_volume(path)
+    assert_names(err, path)
+    assert "empty file" in str(err.value).lower(), err.value
+
+
 def test_garbage_gzip_is_corrupt(tmp_path):
     path = tmp_path / "g.nii.gz"
     path.write_bytes(gzip.compress(b"not a nifti header at all" * 3))

@@ -1,5 +1,7 @@
 """Issues 5 and 15: a short real training run, resuming, and the inference-only best model."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -258,7 +260,7 @@ def test_a_kill_just_before_complete_json_keeps_the_resume_point(tmp_path, monke
     """CI found it (stop 24): the final settle pruned the last state commit before complete.json existed."""
     from fault_worker import tiny_model
 
-    import helpers.training as training
+    import helpers.runs as runs
     from helpers.runs import committed_epochs, resume_point
 
     class Killed(BaseException):
@@ -269,14 +271,14 @@ def test_a_kill_just_before_complete_json_keeps_the_resume_point(tmp_path, monke
             raise Killed
         return original(path, text)
 
-    original = training.write_text_atomic
-    monkeypatch.setattr(training, "write_text_atomic", write)
+    original = runs.write_text_atomic
+    monkeypatch.setattr(runs, "write_text_atomic", write)
     labels = np.random.default_rng(0).integers(0, 3, (16, 16, 16)).astype(np.uint8)
     data = PatchSampler(labels.astype(np.float32), labels, 16, 1, 1, n_classes=3)
     with pytest.raises(Killed):
         train(tiny_model(), data, None, 3, tmp_path, verbose=0, state_every=2)
     assert resume_point(tmp_path).epochs_done == 2 and committed_epochs(tmp_path) == 2
-    monkeypatch.setattr(training, "write_text_atomic", original)
+    monkeypatch.setattr(runs, "write_text_atomic", original)
     started = []
 
     class Spy(InterruptAfterEpoch):
@@ -285,6 +287,64 @@ def test_a_kill_just_before_complete_json_keeps_the_resume_point(tmp_path, monke
 
     assert train(tiny_model(), data, None, 3, tmp_path, callbacks=[Spy(99)], verbose=0)["epoch"] == [0, 1, 2]
     assert started == [] and committed_epochs(tmp_path) == 3
+
+
+def test_a_rerun_says_which_logged_epochs_it_discards(tmp_path, capsys):
+    """Issue 35: interrupted before its first state commit, a rerun restarted from epoch 0 and
+    dropped the logged epochs without a word; after one, it did not say which it trains again."""
+    from fault_worker import tiny_model
+
+    labels = np.random.default_rng(0).integers(0, 3, (16, 16, 16)).astype(np.uint8)
+    data = PatchSampler(labels.astype(np.float32), labels, 16, 1, 1, n_classes=3)
+
+    def rerun(after=None):
+        cbs = [InterruptAfterEpoch(after)] if after else []
+        with pytest.raises(SimulatedInterruption) if after else contextlib.nullcontext():
+            train(tiny_model(), data, None, 6, tmp_path, callbacks=cbs, verbose=0, state_every=4)
+        return capsys.readouterr().out
+
+    rerun(after=3)
+    said = rerun(after=5)  # says what it found first, then stops after epoch 5
+    discard = "discarding epochs 1 to 3"
+    assert f"{tmp_path} holds 3 logged epochs but no saved weights to resume from: {discard}" in said
+    said = rerun()
+    assert (
+        f"Resuming from {tmp_path}: 4 epochs already done, saved with their weights; "
+        "discarding the 1 logged epoch since (epoch 5)"
+    ) in said
+
+
+def test_a_kill_while_training_json_is_written_leaves_the_run_to_finish_with_it(tmp_path, monkeypatch):
+    """Issue 35: killed writing training.json, the rerun marked the run complete without it."""
+    import json
+
+    from fault_worker import tiny_model
+
+    import helpers.runs as runs
+    import helpers.training as training
+
+    class Killed(BaseException):
+        pass
+
+    def write(path, text):
+        if path.name == "training.json":
+            raise Killed
+        return original(path, text)
+
+    original = runs.write_text_atomic
+    for module in (runs, training):  # whichever writes it
+        monkeypatch.setattr(module, "write_text_atomic", write, raising=False)
+    labels = np.random.default_rng(0).integers(0, 3, (16, 16, 16)).astype(np.uint8)
+    data = PatchSampler(labels.astype(np.float32), labels, 16, 1, 1, n_classes=3)
+    with pytest.raises(Killed):
+        train(tiny_model(), data, None, 3, tmp_path, verbose=0, record={"note": "first"}, state_every=2)
+    assert not (tmp_path / "complete.json").exists()
+    monkeypatch.undo()
+    history = train(tiny_model(), data, None, 3, tmp_path, verbose=0, record={"note": "again"})
+    assert history["epoch"] == [0, 1, 2]
+    timing = json.loads((tmp_path / "training.json").read_text())
+    assert timing["epochs_run"] == 3 and timing["note"] == "first"  # from the call that trained them
+    assert json.loads((tmp_path / "complete.json").read_text())["epochs_run"] == 3
 
 
 def test_the_best_model_is_written_with_state_commits_and_at_the_end(tmp_path, monkeypatch):
