@@ -39,9 +39,12 @@ from typing import Any
 import numpy as np
 
 from helpers.config import usable_cores
-from helpers.io import SLOW_WRITE_ENV, VolumeError, atomic_path, release_pages
+from helpers.files import SLOW_WRITE_ENV, atomic_path
 
 #: Bump when what a cached case holds or how it is computed changes: older caches are rebuilt.
+from helpers.memory import release_pages
+from helpers.volume import VolumeError
+
 CACHE_VERSION = 1
 #: Voxels kept per class and case for foreground oversampling (nnU-Net keeps 10,000).
 CANDIDATES_PER_CLASS = 10_000

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 
+from helpers.affines import crop_affine
 from helpers.case_cache import (
     CANDIDATES_PER_CLASS,
     CacheError,
@@ -40,13 +41,16 @@ from helpers.case_cache import (
     write_case,
 )
 from helpers.case_cache import build_cases as _build_cases
+from helpers.checks import check_image
 from helpers.config import DATASETS, OUTPUTS
 from helpers.geometry import Resampling, check_spacing, ras_spacing, reorient, to_working_grid
-from helpers.io import Volume, VolumeError, check_image, crop_affine, load_volume, release_pages
+from helpers.io import load_volume
 from helpers.label_maps import read_label_map, remap_to_classes  # noqa: F401  (remap_to_classes: old path)
+from helpers.memory import release_pages
 from helpers.planning import case_statistics
 from helpers.preprocessing import MODALITIES, apply_normalisation, fit_normalisation
 from helpers.splits import FRACTIONS, PARTS, SplitError, slab_index, split_cases, split_slabs
+from helpers.volume import Volume, VolumeError
 
 SANDSTONE_CLASSES = ("pore", "clay", "quartz", "pyrite")
 BRAIN_CLASSES = ("background/CSF", "grey matter", "white matter")
@@ -1078,7 +1082,8 @@ def make_cores_dataset(
     unknown = sorted(set(cases or ()) - {c[0] for c in CORES})
     if unknown or (cases is not None and not cases):
         raise ValueError(f"cases={cases!r}: name labelled cores of {[c[0] for c in CORES]}")
-    from helpers.io import save_volume, write_dicom_series
+    from helpers.formats.dicom import write_dicom_series
+    from helpers.io import save_volume
 
     root = Path(folder)
     for sub in ("imagesTr", "labelsTr", "imagesTs"):

@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from helpers.io import VolumeError, write_text_atomic
+from helpers.files import write_text_atomic
 from helpers.patches import as_patch_shape, check_overlap
+from helpers.volume import VolumeError
 from helpers.zarr_volumes import create_zarr_volume, open_zarr_volume, zarr_affine
 
 PROGRESS_SUFFIX = ".progress"

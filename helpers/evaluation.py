@@ -16,7 +16,7 @@ import numpy as np
 
 from helpers.config import DATASETS
 from helpers.datasets import Dataset
-from helpers.io import release_pages
+from helpers.memory import release_pages
 from helpers.results import write_json
 
 
@@ -118,7 +118,7 @@ def write_scores(result: dict[str, Any], folder: str | Path) -> tuple[Path, Path
     import csv
     import io
 
-    from helpers.io import write_text_atomic
+    from helpers.files import write_text_atomic
 
     folder = Path(folder)
     json_path = write_json(folder / "scores.json", result)

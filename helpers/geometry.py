@@ -24,7 +24,9 @@ import numpy as np
 from nibabel import orientations as ornt
 from scipy import ndimage as ndi
 
-from helpers.io import Volume, VolumeError, check_affine, check_image, load_volume
+from helpers.checks import check_affine, check_image
+from helpers.io import load_volume
+from helpers.volume import Volume, VolumeError
 
 Spacing = tuple[float, float, float]
 

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from helpers.io import check_finite, check_volume
+from helpers.checks import check_finite, check_volume
 from helpers.patches import (
     Blend,
     Window,

@@ -18,9 +18,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from helpers.io import Volume, VolumeError, load_volume, release_pages
+from helpers.io import load_volume
 
 #: Z slices read at a time, so a memory-mapped map is never loaded whole for the checks.
+from helpers.memory import release_pages
+from helpers.volume import Volume, VolumeError
+
 _SLABS = 16
 
 

@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from helpers.io import check_volume
+from helpers.checks import check_volume
 
 Window = tuple[slice, slice, slice]
 Blend = Literal["gaussian", "average", "none"]

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 from scipy import ndimage
 
-from helpers.io import check_volume
+from helpers.checks import check_volume
 
 
 def keep_largest_component(

@@ -29,10 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from helpers.checks import check_image
 from helpers.datasets import CHANNEL_PATTERN, check_channel_count, load_channels, volume_files, volume_stem
 from helpers.geometry import to_working_grid
-from helpers.io import Volume, VolumeError, check_image, save_volume
+from helpers.io import save_volume
 from helpers.preprocessing import apply_normalisation
+from helpers.volume import Volume, VolumeError
 
 
 def find_scans(inputs: Sequence[str | os.PathLike[str]], n_channels: int = 1) -> dict[str, list[Path]]:

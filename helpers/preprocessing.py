@@ -126,7 +126,7 @@ def fit_normalisation(
 
 def _foreground(image: np.ndarray, labels: np.ndarray, slab: int = 16) -> np.ndarray:
     """``image[labels > 0]``, read ``slab`` Z slices at a time: a memory map is never in memory whole."""
-    from helpers.io import release_pages
+    from helpers.memory import release_pages
 
     parts = []
     for z in range(0, image.shape[0], slab):

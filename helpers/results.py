@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers.config import dataset_label
-from helpers.io import write_text_atomic
+from helpers.files import write_text_atomic
 from helpers.metrics import scores_table
 
 

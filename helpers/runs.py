@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from helpers.io import atomic_path, remove_stale_temporaries, write_text_atomic
+from helpers.files import atomic_path, remove_stale_temporaries, write_text_atomic
 
 LOCK_NAME = ".lock"
 _GENERATION = re.compile(r"^epoch-(\d{4,})\.json$")

@@ -22,7 +22,8 @@ import keras
 import numpy as np
 
 from helpers.case_cache import class_candidates
-from helpers.io import check_image, check_labels, release_pages
+from helpers.checks import check_image, check_labels
+from helpers.memory import release_pages
 from helpers.patches import as_patch_shape, pad_to_patch
 from helpers.preprocessing import one_hot
 

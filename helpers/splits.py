@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from helpers.io import write_text_atomic
+from helpers.files import write_text_atomic
 
 PARTS = ("train", "val", "test")
 #: Default shares of (train, validation, test).

@@ -21,7 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from helpers.io import atomic_path
+from helpers.files import atomic_path
 from helpers.model import SegmentationLoss, iou_metrics, strategy_scope
 from helpers.runs import (  # read_log: re-exported for the notebooks
     Commit,

@@ -21,16 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from helpers.io import (
-    VolumeError,
-    _check_numpy_header,
-    _suffix,
-    _tiff_affine,
-    check_affine,
-    check_nifti_size,
-    check_volume,
-    load_volume,
-)
+from helpers.checks import check_affine, check_volume
+from helpers.formats.nifti import check_nifti_size
+from helpers.formats.numpy_files import check_numpy_header
+from helpers.formats.tiff import tiff_affine
+from helpers.io import load_volume
+from helpers.volume import VolumeError, volume_suffix
 
 ATTRS_KEY = "volume"
 #: Default chunk edge: a 64^3 float32 chunk is 1 MiB before compression.
@@ -163,7 +159,7 @@ def convert_to_zarr(
 
 def _slab_reader(source: Path) -> tuple[tuple[int, ...], np.dtype, np.ndarray, Any]:
     """(shape, dtype, affine, read(z0, z1) -> (Z, Y, X[, C]) slab) for ``source``."""
-    suffix = _suffix(source)
+    suffix = volume_suffix(source)
     if suffix in (".nii", ".nii.gz") and source.is_file():
         import nibabel as nib
 
@@ -179,7 +175,7 @@ def _slab_reader(source: Path) -> tuple[tuple[int, ...], np.dtype, np.ndarray, A
 
         return shape, np.dtype(img.get_data_dtype()), np.asarray(img.affine, float), read_nifti
     if suffix == ".npy" and source.is_file():
-        _check_numpy_header(source)
+        check_numpy_header(source)
         data = np.load(source, mmap_mode="r", allow_pickle=False)
         check_volume(data, source)
         return tuple(data.shape), data.dtype, np.eye(4), lambda z0, z1: np.asarray(data[z0:z1])
@@ -187,7 +183,7 @@ def _slab_reader(source: Path) -> tuple[tuple[int, ...], np.dtype, np.ndarray, A
         import tifffile
 
         with tifffile.TiffFile(source) as tif:
-            axes, affine = tif.series[0].axes, _tiff_affine(tif, source)
+            axes, affine = tif.series[0].axes, tiff_affine(tif, source)
         try:
             data = tifffile.memmap(str(source), mode="r")
         except ValueError:  # compressed or not contiguous: read whole below
