@@ -3,8 +3,9 @@
 One module per job, data flowing one way:
 
 - ``config`` (profiles and parameters), ``fetch`` (a Decathlon task downloaded and
-  checked), ``io`` (volumes in every format, atomic writes, the validators),
-  ``label_maps`` (the one reader of label files), ``zarr_volumes`` (chunked volumes
+  checked), ``io`` (load and save by suffix; one module per format in ``formats``),
+  ``volume`` (the type and its axes), ``checks`` (validators), ``files`` (atomic
+  writes), ``memory`` (page release), ``affines``, ``label_maps`` (the one reader of label files), ``zarr_volumes`` (chunked volumes
   on disk with their affine);
 - ``geometry`` (align, reorient, resample and invert), ``preprocessing``
   (normalisation), ``planning`` (a dataset's fingerprint and the plan made from it),
@@ -38,9 +39,9 @@ that imports TensorFlow.
 Axis convention, used by every helper and notebook: a volume array is indexed
 ``[z, y, x]`` (or ``[z, y, x, channel]``), slices first, like a TIFF or DICOM
 stack. Its 4x4 ``affine`` follows NIfTI: it maps the column vector
-``(x, y, z, 1)`` of voxel indices to world RAS+ millimetres. Only ``helpers.io``
-(and its chunked twin ``helpers.zarr_volumes``) converts between this and the on-disk
-layouts.
+``(x, y, z, 1)`` of voxel indices to world RAS+ millimetres (``helpers.volume``). Only
+the format modules in ``helpers.formats`` (and the chunked twin ``helpers.zarr_volumes``)
+convert between this and the on-disk layouts.
 """
 
 import os as _os

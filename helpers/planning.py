@@ -224,7 +224,7 @@ def make_plan(
     elif native_fraction >= CASE_FRACTION or native_fits:
         spacing = native
         reason = "native: a patch sees " + (
-            f"{native_fraction:.0%} of the median case"
+            f"{_pct(native_fraction)} of the median case"
             if native_fraction >= CASE_FRACTION
             else "all the foreground"
         )
@@ -238,8 +238,8 @@ def make_plan(
                 break
         spacing = [round(s, 3) for s in spacing]
         reason = (
-            f"coarsened {factor:.2f}x: at the native spacing a patch sees only {native_fraction:.0%} of the "
-            "median case and not all its foreground"
+            f"coarsened {factor:.2f}x: at the native spacing a patch sees only {_pct(native_fraction)} "
+            "of the median case and not all its foreground"
         )
     patch = _patch(fp, spacing, patch_size)
     mm = [round(p * s, 1) for p, s in zip(patch, spacing, strict=True)]
@@ -259,6 +259,11 @@ def make_plan(
         "native_case_fraction": round(native_fraction, 4),
         "reason": reason,
     }
+
+
+def _pct(fraction: float) -> str:
+    """A fraction as a percentage, with a decimal below 1 % (so 0.4 % is not printed as 0 %)."""
+    return f"{fraction:.1%}" if fraction < 0.01 else f"{fraction:.0%}"
 
 
 def _xyz(values: Sequence[float], fmt: str = "{:.0f}") -> str:
@@ -290,10 +295,10 @@ def describe_plan(plan: Mapping[str, Any]) -> str:
         [
             f"grid: {_xyz(plan['target_spacing'], '{:.2f}')} mm ({plan['reason']})",
             f"patch: {_xyz(plan['patch_size'])} voxels, batch {plan['batch_size']}; one patch covers "
-            f"{_xyz(plan['patch_mm'])} mm = {plan['case_fraction']:.0%} of the median case's volume "
+            f"{_xyz(plan['patch_mm'])} mm = {_pct(plan['case_fraction'])} of the median case's volume "
             f"and {' x '.join(fg)} of its foreground's extent",
             f"at the native {_xyz(plan['native_spacing'], '{:.2f}')} mm it would cover "
-            f"{_xyz(plan['native_patch_mm'])} mm = {plan['native_case_fraction']:.0%} of the case",
+            f"{_xyz(plan['native_patch_mm'])} mm = {_pct(plan['native_case_fraction'])} of the case",
             f"bottleneck: {_xyz(plan['patch_size'])} halved {DOWNSAMPLINGS} times "
             f"= {_xyz(plan['bottleneck'])} voxel(s)",
         ]
