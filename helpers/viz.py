@@ -314,6 +314,72 @@ def savefig(fig: plt.Figure, name: str, output_dir: str | Path) -> Path:
     return path
 
 
+def _check_viewer_inputs(
+    image: np.ndarray,
+    overlays: Mapping[str, np.ndarray] | None,
+    spacing: Sequence[float],
+    masks: Sequence[str],
+) -> tuple[tuple[float, ...], dict[str, np.ndarray], set[str]]:
+    """:class:`SliceViewer`'s arguments checked: (spacing, overlays, masks), or ValueError naming one."""
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing must be 3 positive numbers (Z, Y, X), got {spacing!r}")
+    overlays = dict(overlays or {})
+    unknown = set(masks) - set(overlays)
+    if unknown:
+        raise ValueError(f"masks {sorted(unknown)} are not overlays")
+    for name, lab in overlays.items():
+        if lab.shape != image.shape[:3]:
+            raise ValueError(f"overlay {name!r} has shape {lab.shape}, image {image.shape[:3]}")
+    return spacing, overlays, set(masks)
+
+
+def legend_html(class_names: Sequence[str], cmap: ListedColormap, masks: Sequence[str] = ()) -> str:
+    """The viewer's legend as HTML: class 0 transparent, each other class and each mask in its colour."""
+    swatch = '<span style="background:{};padding:0 8px">&nbsp;</span> <b>{}</b>'
+    entries = [f"<b>{class_names[0]}</b>: transparent"]
+    entries += [
+        swatch.format(matplotlib.colors.to_hex(cmap(i)), n) for i, n in enumerate(class_names) if i > 0
+    ]
+    entries += [swatch.format(MASK_COLOUR, name) for name in masks]
+    return " &nbsp; ".join(entries)
+
+
+def _draw_panels(
+    axes: Sequence[plt.Axes],
+    slices: Sequence[np.ndarray],
+    titles: Sequence[str],
+    masks: set[str],
+    cmap: ListedColormap,
+    window: tuple[float, float],
+    *,
+    aspect: float,
+    alpha: float,
+    n_classes: int,
+) -> list[Any]:
+    """Draw the image slice in every panel and panel k's overlay on top; the artists, in order."""
+    artists = []
+    for k, ax in enumerate(axes):
+        ax.clear()
+        ax.axis("off")
+        ax.set_title(titles[k])
+        artists.append(ax.imshow(slices[0], cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect))
+        if k:
+            is_mask = titles[k] in masks
+            artists.append(
+                ax.imshow(
+                    slices[k],
+                    cmap=ListedColormap(["#00000000", MASK_COLOUR]) if is_mask else cmap,
+                    vmin=0,
+                    vmax=1 if is_mask else n_classes - 1,
+                    alpha=alpha,
+                    interpolation="nearest",
+                    aspect=aspect,
+                )
+            )
+    return artists
+
+
 class SliceViewer:
     """Interactive viewer: grey image plus label panels, a slider per axis, opacity, legend.
 
@@ -356,22 +422,12 @@ class SliceViewer:
         import ipywidgets as w
 
         self.image = image
+        self.spacing, self.overlays, self.masks = _check_viewer_inputs(image, overlays, spacing, masks)
         count = image.shape[3] if image.ndim == 4 else 1
         names = [channel_view(image, c, channel_names)[1] for c in range(count)]
         self.channel = w.Dropdown(
             options=[(n, c) for c, n in enumerate(names)], value=0, description="channel"
         )
-        self.spacing = tuple(float(s) for s in spacing)
-        if len(self.spacing) != 3 or min(self.spacing) <= 0:
-            raise ValueError(f"spacing must be 3 positive numbers (Z, Y, X), got {spacing!r}")
-        self.masks = set(masks)
-        unknown = self.masks - set(overlays or {})
-        if unknown:
-            raise ValueError(f"masks {sorted(unknown)} are not overlays")
-        self.overlays = dict(overlays or {})
-        for name, lab in self.overlays.items():
-            if lab.shape != image.shape[:3]:
-                raise ValueError(f"overlay {name!r} has shape {lab.shape}, image {image.shape[:3]}")
         n = max([int(v.max()) + 1 for v in self.overlays.values()] + [len(class_names or ())] + [2])
         self.class_names = list(class_names or [str(c) for c in range(n)])
         self.cmap = label_cmap(n)
@@ -391,15 +447,8 @@ class SliceViewer:
         self._draw_static()
         for control in (self.axis, self.channel, self.opacity, *self.sliders.values()):
             control.observe(self._on_change, names="value")
-        swatch = '<span style="background:{};padding:0 8px">&nbsp;</span> <b>{}</b>'
-        entries = [f"<b>{self.class_names[0]}</b>: transparent"]
-        entries += [
-            swatch.format(matplotlib.colors.to_hex(self.cmap(i)), name)
-            for i, name in enumerate(self.class_names)
-            if i > 0
-        ]
-        entries += [swatch.format(MASK_COLOUR, name) for name in self.overlays if name in self.masks]
-        legend = w.HTML(" &nbsp; ".join(entries))
+        masks_shown = [name for name in self.overlays if name in self.masks]
+        legend = w.HTML(legend_html(self.class_names, self.cmap, masks_shown))
         controls = [self.axis, self.channel, self.opacity] if count > 1 else [self.axis, self.opacity]
         self.widget = w.VBox([w.HBox(controls), w.HBox(list(self.sliders.values())), legend, self.picture])
         self._render()
@@ -411,31 +460,11 @@ class SliceViewer:
         return [display_slice(image, a, i)] + [display_slice(v, a, i) for v in self.overlays.values()]
 
     def _draw_static(self) -> None:
-        slices = self._slices()
         vmin, vmax = np.percentile(channel_view(self.image, self.channel.value)[0], [1, 99])
-        self.artists = []
-        aspect = self.aspect()
-        names = ["image", *self.overlays]
-        for k, ax in enumerate(self.axes):
-            ax.clear()
-            ax.axis("off")
-            self.artists.append(ax.imshow(slices[0], cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect))
-            if k:
-                is_mask = names[k] in self.masks
-                self.artists.append(
-                    ax.imshow(
-                        slices[k],
-                        cmap=ListedColormap(["#00000000", MASK_COLOUR]) if is_mask else self.cmap,
-                        vmin=0,
-                        vmax=1 if is_mask else self.n_classes - 1,
-                        alpha=self.opacity.value,
-                        interpolation="nearest",
-                        aspect=aspect,
-                    )
-                )
-        titles = ["image", *self.overlays]
-        for ax, title in zip(self.axes, titles, strict=True):
-            ax.set_title(title)
+        style = {"aspect": self.aspect(), "alpha": self.opacity.value, "n_classes": self.n_classes}
+        self.artists = _draw_panels(self.axes, self._slices(), ["image", *self.overlays], self.masks,
+                                    self.cmap, (vmin, vmax), **style)  # fmt: skip
+        for ax in self.axes:
             label_directions(ax, self.axis.value)
 
     def aspect(self) -> float:
