@@ -5,8 +5,8 @@ One module per job, data flowing one way:
 - ``config`` (profiles and parameters), ``fetch`` (a Decathlon task downloaded and
   checked), ``io`` (load and save by suffix; one module per format in ``formats``),
   ``volume`` (the type and its axes), ``checks`` (validators), ``files`` (atomic
-  writes), ``memory`` (page release), ``affines``, ``label_maps`` (the one reader of label files), ``zarr_volumes`` (chunked volumes
-  on disk with their affine);
+  writes), ``memory`` (page release), ``affines``, ``label_maps`` (the one reader of
+  label files), ``zarr_volumes`` (chunked volumes on disk with their affine);
 - ``geometry`` (align, reorient, resample and invert), ``preprocessing``
   (normalisation), ``planning`` (a dataset's fingerprint and the plan made from it),
   ``tumours`` (a generated two-channel export), ``case_cache`` (cases preprocessed once to disk, read back as

@@ -275,32 +275,8 @@ def predict_zarr(
     from helpers.patches import sliding_windows
 
     spec, info = _model_source(model)
-    if patch_size is None:
-        if "patch_size" not in info:
-            raise ValueError("patch_size is needed: the model is not a run folder whose model.json gives it")
-        patch_size = info["patch_size"]
-    patch = as_patch_shape(patch_size)
-    overlap = check_overlap(overlap)
-    if output not in ("labels", "probabilities"):
-        raise ValueError(f"output must be 'labels' or 'probabilities', got {output!r}")
-    if client is not None and spec is None:
-        raise ModelSpecError(
-            "a model in memory cannot be sent to a cluster: pass its run folder or .keras file"
-        )
-    source = open_zarr_volume(input_zarr)
-    if len(source.shape) not in (3, 4) or (len(source.shape) == 4 and source.chunks[3] != source.shape[3]):
-        raise VolumeError(
-            input_zarr,
-            f"has shape {source.shape} and chunks {source.chunks}; predict_zarr takes a (Z, Y, X) volume "
-            "or a (Z, Y, X, C) one whose channels lie in one chunk",
-        )
-    shape = tuple(int(s) for s in source.shape[:3])
-    if tuple(source.chunks[:3]) == shape and math.prod(shape) > math.prod(patch) * 8:
-        raise VolumeError(
-            input_zarr,
-            f"is stored as one chunk of {shape}: every task would read and decompress the whole "
-            "volume. Rewrite it with spatial chunks, e.g. convert_to_zarr(..., chunks=64)",
-        )
+    patch, overlap = _check_options(info, patch_size, overlap, output, client, spec)
+    source, shape = _open_source(input_zarr, patch)
     classes = n_classes or len(info.get("class_names", [])) or None
     if chunks is not None:
         chunks = [chunks] * 3 if isinstance(chunks, (int, np.integer)) else list(chunks)
@@ -313,15 +289,10 @@ def predict_zarr(
     )
     out_chunks = tuple(int(c) for c in target.chunks[:3])
     _check_chunks(out_chunks, shape, patch, overlap)
-
     normalisation = volume_normalisation(source, info.get("normalisation")) if normalise else None
-    version = None
-    if spec is not None and spec.endswith(".keras"):
-        stat = Path(spec).stat()
-        version = f"{stat.st_size}:{stat.st_mtime_ns}"  # a retrained model is a different prediction
     params = {
         "model": spec or repr(type(model)),
-        "model_version": version,
+        "model_version": _model_version(spec),
         "normalisation": normalisation,
         "input": str(Path(input_zarr).resolve()),
         "patch": list(patch),
@@ -362,6 +333,52 @@ def predict_zarr(
         "worker_peak_rss": max((r["peak_rss"] for r in results), default=0),
         "worker_model_rss": max((r["model_rss"] for r in results), default=0),
     }
+
+
+def _check_options(
+    info: dict[str, Any], patch_size: Any, overlap: float, output: str, client: Any, spec: str | None
+) -> tuple[tuple[int, int, int], float]:
+    """:func:`predict_zarr`'s options checked: the patch (from ``model.json`` if not given) and overlap."""
+    if patch_size is None:
+        if "patch_size" not in info:
+            raise ValueError("patch_size is needed: the model is not a run folder whose model.json gives it")
+        patch_size = info["patch_size"]
+    if output not in ("labels", "probabilities"):
+        raise ValueError(f"output must be 'labels' or 'probabilities', got {output!r}")
+    if client is not None and spec is None:
+        raise ModelSpecError(
+            "a model in memory cannot be sent to a cluster: pass its run folder or .keras file"
+        )
+    return as_patch_shape(patch_size), check_overlap(overlap)
+
+
+def _open_source(
+    input_zarr: str | os.PathLike[str], patch: tuple[int, int, int]
+) -> tuple[Any, tuple[int, ...]]:
+    """The input store and its (Z, Y, X) shape; refused when every task would have to read it whole."""
+    source = open_zarr_volume(input_zarr)
+    if len(source.shape) not in (3, 4) or (len(source.shape) == 4 and source.chunks[3] != source.shape[3]):
+        raise VolumeError(
+            input_zarr,
+            f"has shape {source.shape} and chunks {source.chunks}; predict_zarr takes a (Z, Y, X) volume "
+            "or a (Z, Y, X, C) one whose channels lie in one chunk",
+        )
+    shape = tuple(int(s) for s in source.shape[:3])
+    if tuple(source.chunks[:3]) == shape and math.prod(shape) > math.prod(patch) * 8:
+        raise VolumeError(
+            input_zarr,
+            f"is stored as one chunk of {shape}: every task would read and decompress the whole "
+            "volume. Rewrite it with spatial chunks, e.g. convert_to_zarr(..., chunks=64)",
+        )
+    return source, shape
+
+
+def _model_version(spec: str | None) -> str | None:
+    """A model file's size and time: a retrained model is a different prediction."""
+    if spec is None or not spec.endswith(".keras"):
+        return None
+    stat = Path(spec).stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _open_or_create_output(

@@ -280,3 +280,29 @@ def test_write_sandstone_zarr_tiles_without_seams(tmp_path):
     assert set(np.unique(labels[:])) <= {0, 1, 2, 3}
     with pytest.raises(VolumeError, match="already exists"):
         write_sandstone_zarr(tmp_path / "i.zarr", (8, 8, 8), block=16)
+
+
+def two_channel_model(batch):
+    """Uses both input channels, so a lost or swapped channel changes the output."""
+    x = batch[..., :1] - 0.5 * batch[..., 1:2]
+    return np.concatenate([x, 1 - x], axis=-1)
+
+
+def test_predict_zarr_takes_a_volume_of_several_channels(tmp_path):
+    """Issue 31: 07 builds its large input from a two-channel scan, (Z, Y, X, C) in one zarr store."""
+    from helpers.distributed import volume_normalisation
+
+    v = np.random.default_rng(3).random((70, 60, 50, 2), dtype=np.float32)
+    v[..., 1] *= 3
+    path = save_zarr_volume(tmp_path / "in.zarr", v, AFFINE, chunks=40)
+    ref = predict_volume(two_channel_model, v, 32, 0.5, 4, output="probabilities", progress=False)
+    settings = {"patch_size": 32, "batch_size": 4, "output": "probabilities", "n_classes": 2}
+    predict_zarr(
+        two_channel_model, path, tmp_path / "out.zarr", chunks=40, progress=False, normalise=False, **settings
+    )
+    assert np.array_equal(open_zarr_volume(tmp_path / "out.zarr")[:], ref)
+    per_case = {"scheme": "per-channel", "channels": [{"scheme": "zscore-per-case", "modality": "MR"}] * 2}
+    stats = volume_normalisation(open_zarr_volume(path), per_case)
+    for c, s in enumerate(stats["channels"]):
+        assert s["scheme"] == "zscore-fixed" and np.isclose(s["mean"], v[..., c].mean(dtype=np.float64))
+        assert np.isclose(s["std"], v[..., c].std(dtype=np.float64))
