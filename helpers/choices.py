@@ -143,7 +143,8 @@ def explain_difference(
         causes.append("overlap 0, whose tile seams fall elsewhere in the test cases")
     cause = "; ".join(causes) or "no setting that touches that class alone"
     return (
-        f"The chosen settings move the mean IoU of the test part by {diff:+.3f}, more than the margin ({margin:.3f}). "
+        f"The chosen settings move the mean IoU of the test part by {diff:+.3f}, "
+        f"more than the margin ({margin:.3f}). "
         f"Most of it is {classes[cls]} (IoU {change:+.3f}); the cause: {cause}. A choice made on "
         "one or two validation cases can fail on another case; more validation cases make it safer."
     )
