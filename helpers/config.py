@@ -107,7 +107,7 @@ def package_version(name: str) -> tuple[str, str]:
 #: Parameters a notebook's ``parameters`` cell may set; None there means "take the profile's".
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
-        "sandstone_shape": (80, 64, 64),
+        "sandstone_shape": (48, 48, 48),  # each of 5 cores (helpers.demos)
         "brain_zoom": 0.25,
         "val_fraction": 0.4,
         "patch_size": 32,
@@ -127,7 +127,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "overfit_steps": 10,
     },
     "cpu": {
-        "sandstone_shape": (160, 128, 128),
+        "sandstone_shape": (64, 96, 96),  # each of 5 cores (helpers.demos)
         "brain_zoom": 0.5,
         "val_fraction": 0.4,
         "patch_size": 32,
@@ -149,7 +149,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "overfit_steps": 10,
     },
     "full": {
-        "sandstone_shape": (256, 256, 256),
+        "sandstone_shape": (128, 192, 192),  # each of 5 cores (helpers.demos)
         "brain_zoom": 1.0,
         "val_fraction": 0.25,
         "patch_size": 64,

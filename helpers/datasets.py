@@ -25,7 +25,6 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 
-from helpers.affines import crop_affine
 from helpers.case_cache import (
     CANDIDATES_PER_CLASS,
     CacheError,
@@ -77,7 +76,15 @@ def _field(shape: Sequence[int], sigma: float, rng: np.random.Generator) -> np.n
 
 
 def make_sandstone(
-    shape: Sequence[int] = (256, 256, 256), seed: int = 0, progress: bool | None = None
+    shape: Sequence[int] = (256, 256, 256),
+    seed: int = 0,
+    progress: bool | None = None,
+    *,
+    quartz_fraction: float = 0.55,
+    clay_threshold: float = -0.2,
+    pyrite_density: float = 6e-4,
+    grain_sigma: float = 4.0,
+    noise: float = 0.08,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Synthetic micro-CT-like sandstone volume and its 4-phase label map.
 
@@ -97,6 +104,12 @@ def make_sandstone(
     progress : bool, optional
         Show a progress bar; by default only from 8 million voxels (200³), which
         take several seconds (256³: 8.5 s on 2 cores).
+    quartz_fraction, clay_threshold, pyrite_density, grain_sigma, noise : float, keyword-only
+        The rock's statistics: the share of the grain field made quartz (before opening);
+        the threshold on a unit random field above which the grain surface is coated with
+        clay (higher: less clay); pyrite seeds per voxel; the grain field's smoothing in
+        voxels (larger grains); the noise's standard deviation. The defaults make the
+        course's classic sample; :func:`helpers.demos.make_sandstone_cores` varies them.
 
     Returns
     -------
@@ -113,15 +126,15 @@ def make_sandstone(
     rng = np.random.default_rng(seed)
     show = progress if progress is not None else int(np.prod(shape)) >= 8_000_000
     with tqdm(total=6, desc=f"make_sandstone {shape}", unit="step", disable=not show) as bar:
-        grains = _field(shape, 4.0, rng)
-        quartz = grains > np.quantile(grains[::2, ::2, ::2], 0.45)
+        grains = _field(shape, grain_sigma, rng)
+        quartz = grains > np.quantile(grains[::2, ::2, ::2], round(1.0 - quartz_fraction, 12))
         quartz = ndi.binary_opening(quartz, structure=ball(1))
         bar.update()
         pore = ~quartz
         coat = ndi.binary_dilation(quartz, structure=ball(1), iterations=2) & pore
-        clay = coat & (_field(shape, 3.0, rng) > -0.2)
+        clay = coat & (_field(shape, 3.0, rng) > clay_threshold)
         bar.update()
-        seeds = rng.random(shape, dtype=np.float32) < 6e-4
+        seeds = rng.random(shape, dtype=np.float32) < pyrite_density
         pyrite = ndi.binary_dilation(seeds, structure=ball(2))
         bar.update()
 
@@ -136,7 +149,7 @@ def make_sandstone(
         bar.update()
         image += 0.07 * _field(shape, 24.0, rng)  # slow shading across the sample
         bar.update()
-        image += rng.normal(0.0, 0.08, shape).astype(np.float32)
+        image += rng.normal(0.0, noise, shape).astype(np.float32)
         bar.update()
     return image.astype(np.float32, copy=False), labels
 
@@ -201,6 +214,25 @@ def zoom_with_affine(
     return out, new
 
 
+def brain_template(zoom: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The MNI152 2009a T1 template and its grey- and white-matter probability maps at ``zoom``.
+
+    Returns float32 (Z, Y, X) arrays: T1 intensities, p_gm and p_wm in [0, 1] (resampled
+    linearly), and the grid's affine (mm), from the files inside nilearn (no download).
+    """
+    if not 0 < zoom <= 4:
+        raise ValueError(f"zoom must be in (0, 4], got {zoom}")
+    root = _nilearn_data_dir()
+    t1 = load_volume(root / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    files = [root / f"mni_icbm152_{t}_tal_nlin_sym_09a_converted.nii.gz" for t in ("gm", "wm")]
+    maps = [load_volume(f).array.astype(np.float32) / 255.0 for f in files]
+    image, affine = t1.array.astype(np.float32), t1.affine.copy()
+    if zoom != 1.0:
+        image, affine = zoom_with_affine(image, t1.affine, zoom, order=1)
+        maps = [zoom_with_affine(m, t1.affine, zoom, order=1)[0] for m in maps]
+    return image, maps[0], maps[1], affine
+
+
 def load_brain_mri(zoom: float = 1.0) -> tuple[Volume, np.ndarray]:
     """The MNI152 2009a T1 template and a 3-class tissue map, from files inside nilearn.
 
@@ -212,7 +244,8 @@ def load_brain_mri(zoom: float = 1.0) -> tuple[Volume, np.ndarray]:
     ----------
     zoom : float
         Resampling factor (1.0 keeps the native 1 mm grid, 197 x 233 x 189 voxels
-        in x, y, z; 0.5 halves each axis). Labels use nearest neighbour.
+        in x, y, z; 0.5 halves each axis). The probability maps are resampled
+        linearly, then labelled.
 
     Returns
     -------
@@ -220,36 +253,21 @@ def load_brain_mri(zoom: float = 1.0) -> tuple[Volume, np.ndarray]:
         T1 intensities as float32 (Z, Y, X) = (189, 233, 197) at zoom 1, affine in mm.
     labels : uint8 (Z, Y, X)
     """
-    root = _nilearn_data_dir()
-    t1 = load_volume(root / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
-    gm = load_volume(root / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz").array
-    wm = load_volume(root / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz").array
-    p_gm = gm.astype(np.float32) / 255.0
-    p_wm = wm.astype(np.float32) / 255.0
+    image, p_gm, p_wm, affine = brain_template(zoom)
     labels = np.zeros(p_gm.shape, dtype=np.uint8)
     labels[(p_gm >= 0.5) & (p_gm >= p_wm)] = 1
     labels[(p_wm >= 0.5) & (p_wm > p_gm)] = 2
-    image = t1.array.astype(np.float32)
-    affine = t1.affine.copy()
-    if zoom != 1.0:
-        if not 0 < zoom <= 4:
-            raise ValueError(f"zoom must be in (0, 4], got {zoom}")
-        image, affine = zoom_with_affine(image, t1.affine, zoom, order=1)
-        labels, _ = zoom_with_affine(labels, t1.affine, zoom, order=0)
+    root = _nilearn_data_dir()
     return Volume(image, affine, "nifti", path=str(root), meta={"name": "MNI152 2009a T1"}), labels
-
-
-#: Which axis each dataset is split along: the sandstone along Z; the brain
-#: back-to-front (array axis Y, the frontal lobe is held out). Not left-right: the
-#: 2009a template is symmetric, so the held-out half would be the mirror image of
-#: the training half, and flip augmentation would leak it.
-SPLIT_AXIS = {"sandstone": 0, "brain": 1}
 
 
 def load_dataset(
     name: str, sandstone_shape: Sequence[int] = (256, 256, 256), brain_zoom: float = 1.0, seed: int = 0
 ) -> EmbeddedVolume:
-    """Load an embedded dataset by name ("sandstone" or "brain") as one volume."""
+    """One embedded volume by name ("sandstone" or "brain"): the classic sample, or the template.
+
+    :func:`open_dataset` gives the course's demos as several cases (:mod:`helpers.demos`).
+    """
     if name == "sandstone":
         image, labels = make_sandstone(sandstone_shape, seed)
         return EmbeddedVolume(image, labels, np.eye(4), SANDSTONE_CLASSES, name)
@@ -684,8 +702,10 @@ def open_dataset(
     ``image`` and ``labels`` are then read-only memory maps (float32 normalised
     intensities, class indices), so memory does not grow with the number of cases.
 
-    ``"sandstone"`` and ``"brain"`` give the embedded single-volume datasets through
-    the same type, split into three slabs (train, val, test).
+    ``"sandstone"`` and ``"brain"`` give the embedded demos through the same type: five
+    generated cases each (sandstone cores of ``sandstone_shape``, brain subjects at
+    ``brain_zoom``, :mod:`helpers.demos`), split by case with ``seed``. A folder of one or
+    two cases is instead cut into train, validation and test slabs along Z.
 
     Raises
     ------
@@ -991,46 +1011,45 @@ def _case_split(
 def _embedded(
     name: str, seed: int, fractions: Sequence[float], sandstone_shape: Sequence[int], brain_zoom: float
 ) -> Dataset:
-    """An embedded single volume as a :class:`Dataset` with one case split into three slabs."""
-    ds = load_dataset(name, sandstone_shape=sandstone_shape, brain_zoom=brain_zoom, seed=seed)
-    axis = SPLIT_AXIS[name]
-    if name == "brain":  # keep the split axis to the brain's extent, so every slab holds brain
-        present = np.flatnonzero(np.any(ds.labels > 0, axis=tuple(a for a in range(3) if a != axis)))
-        crop = [slice(None)] * 3
-        crop[axis] = slice(max(0, present[0] - 2), min(ds.labels.shape[axis], present[-1] + 3))
-        crop = tuple(crop)
-        ds = ds._replace(image=ds.image[crop], labels=ds.labels[crop], affine=crop_affine(ds.affine, crop))
-    volume = Volume(ds.image, ds.affine, "numpy", path=name)
-    bounds = split_slabs(ds.image.shape, axis, fractions)
-    train = slab_index(bounds["train"], axis)
-    modality = "MR" if name == "brain" else "other"
-    stats = fit_normalisation([ds.image[train]], [ds.labels[train]], modality, seed)
-    record = Resampling(
-        ds.image.shape,
-        ds.affine.copy(),
-        np.array([[0, 1], [1, 1], [2, 1]]),
-        ds.image.shape,
-        ds.image.shape,
-        ds.affine.copy(),
-    )
-    image = apply_normalisation(ds.image, stats)
-    case = Case(name, image, ds.labels, record, volume.path, None)
-    split = {"kind": "slabs", "axis": axis, **bounds}
-    ids = [[i] for i in range(len(ds.class_names))]
-    raw_stats = case_statistics(ds.image, ds.labels, volume.spacing, len(ds.class_names))
+    """An embedded demo as a :class:`Dataset` of several generated cases, split by case.
+
+    The sandstone: :func:`helpers.demos.make_sandstone_cores` of ``sandstone_shape``; the
+    brain: :func:`helpers.demos.make_brain_subjects` at ``brain_zoom``. Every case keeps
+    its own grid (no resampling); the normalisation is fitted on the training cases.
+    """
+    from helpers.demos import make_brain_subjects, make_sandstone_cores
+
+    if name == "sandstone":
+        made, affine = make_sandstone_cores(sandstone_shape, seed=seed), np.eye(4)
+        classes, modality = SANDSTONE_CLASSES, "other"
+    else:
+        made, affine = make_brain_subjects(brain_zoom, seed=seed)
+        classes, modality = BRAIN_CLASSES, "MR"
+    split = {"kind": "cases", "seed": seed, **split_cases([c.name for c in made], seed, fractions)}
+    train = [c for c in made if c.name in split["train"]]
+    stats = fit_normalisation([c.image for c in train], [c.labels for c in train], modality, seed)
+    spacing = ras_spacing(affine)
+    cases, case_stats = [], {}
+    for made_case in made:
+        shape = made_case.image.shape
+        same = np.array([[0, 1], [1, 1], [2, 1]])  # no reorientation, no resampling
+        record = Resampling(shape, affine.copy(), same, shape, shape, affine.copy())
+        image = apply_normalisation(made_case.image, stats)
+        cases.append(Case(made_case.name, image, made_case.labels, record))
+        case_stats[made_case.name] = case_statistics(made_case.image, made_case.labels, spacing, len(classes))
     return Dataset(
         name,
         modality,
-        ds.class_names,
-        ids,
-        [case],
+        classes,
+        [[i] for i in range(len(classes))],
+        cases,
         split,
         stats,
-        volume.spacing,
+        spacing,
         [],
         None,
         name,
-        case_stats={name: raw_stats},
+        case_stats=case_stats,
         spacing_source="embedded",
     )
 

@@ -45,12 +45,17 @@ def read_records(output_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
 
 
+#: The baseline of thresholds fitted on the training labels (:func:`helpers.evaluation.fit_thresholds`).
+FITTED = "fitted thresholds"
+
+
 def _fmt(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 def write_summary(out: Path, profile: str, timings: Sequence[tuple[str, str, float]], total: float) -> Path:
-    """Write ``summary.md``: test scores of the U-Net (and multi-Otsu where it applies), training, timings."""
+    """Write ``summary.md``: test scores of the U-Net and, where they apply, of multi-Otsu and of
+    thresholds fitted on the training labels (the gain is against the stronger), training, timings."""
     lines = [
         "# Course run summary",
         "",
@@ -60,22 +65,26 @@ def write_summary(out: Path, profile: str, timings: Sequence[tuple[str, str, flo
         "",
         "Each dataset is split three ways: **train** (patches to learn from), **validation** (picks the",
         "best checkpoint) and **test** (scored once, below). The test part never took part in training",
-        "or in choosing the checkpoint: a slab of a single volume, or whole cases of a dataset folder.",
+        "or in choosing the checkpoint: whole cases, or, for a dataset of one or two scans, a slab of",
+        "each (each dataset's split is stated below).",
         "",
     ]
     for dataset, data in read_records(out).items():
         ev = data.get("evaluation")
         if ev:
-            unet, base = ev["unet"], ev.get("baseline")
+            unet, base, fitted = ev["unet"], ev.get("baseline"), ev.get("fitted")
             cases = ", ".join(f"{name} {shape}" for name, shape in ev.get("cases", {}).items())
             methods = {"U-Net": {"classes": ev["classes"], **unet}}
             columns = [("U-Net", "iou"), ("U-Net", "dice"), ("U-Net", "hd95")]
-            if base:
-                methods["multi-Otsu"] = {"classes": ev["classes"], **base}
-                columns.insert(0, ("multi-Otsu", "iou"))
+            baselines = {n: b for n, b in (("multi-Otsu", base), (FITTED, fitted)) if b}
+            for k, (name, scores) in enumerate(baselines.items()):
+                methods[name] = {"classes": ev["classes"], **scores}
+                columns.insert(k, (name, "iou"))
+            against = " and ".join(baselines)
             lines += [
-                f"## {dataset}: test scores" + (", U-Net against multi-Otsu" if base else ""),
+                f"## {dataset}: test scores" + (f", U-Net against {against}" if baselines else ""),
                 "",
+                *([f"Split: {ev['split']}."] if ev.get("split") else []),
                 f"Test part: {cases} (voxels, {_grid(ev)}). Model `{ev.get('model')}`.",
                 f"Best validation mean IoU (patches of {', '.join(ev.get('validation_cases', []))}, "
                 f"used to pick the checkpoint): {_fmt(ev.get('best_validation_mean_iou'))}.",
@@ -83,9 +92,11 @@ def write_summary(out: Path, profile: str, timings: Sequence[tuple[str, str, flo
                 scores_table(methods, columns=columns),
                 "",
             ]
-            if base:
+            if baselines:
+                name, best = max(baselines.items(), key=lambda kv: kv[1]["mean_iou"])
                 lines += [
-                    f"U-Net minus multi-Otsu, mean test IoU: **{unet['mean_iou'] - base['mean_iou']:+.3f}**",
+                    f"U-Net minus the stronger baseline ({name}), mean test IoU: "
+                    f"**{unet['mean_iou'] - best['mean_iou']:+.3f}**",
                     "",
                 ]
             else:
@@ -121,14 +132,24 @@ def write_summary(out: Path, profile: str, timings: Sequence[tuple[str, str, flo
                 lines += [
                     f"Settings chosen on validation ({dataset}): overlap {chosen['overlap']}, "
                     f"mirroring {'on' if chosen['tta'] else 'off'}, largest component "
-                    f"{'kept' if chosen['keep_largest'] else 'not applied'}; with them the test part, "
-                    f"scored once, has mean IoU {_fmt(test.get('mean_iou'))}.",
+                    f"{_largest(chosen['keep_largest'], ev or {})}; with them the test part, "
+                    f"scored once, has mean IoU {_fmt(test.get('mean_iou'))} (default settings: "
+                    f"{_fmt(test.get('default_mean_iou'))}; an option was kept only for a validation gain "
+                    f"above {_fmt(inf.get('margin'))}).",
                     "",
                 ]
     lines += ["## Notebook timings", "", "| notebook | dataset | seconds |", "|---|---|---|"]
     lines += [f"| {n} | {d} | {s:.1f} |" for n, d, s in timings]
     out.mkdir(parents=True, exist_ok=True)
     return write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
+
+
+def _largest(classes: Sequence[int], ev: dict[str, Any]) -> str:
+    """The largest-component rule as chosen, naming its classes where the evaluation names them."""
+    if not classes:
+        return "not applied"
+    names = ev.get("classes") or []
+    return "kept for " + ", ".join(names[c] if c < len(names) else str(c) for c in classes)
 
 
 def _missed_line(missed: dict[str, list[str]]) -> str:

@@ -43,7 +43,9 @@ def test_summary_reports_test_scores_and_says_which_part_is_which(course_run):
     assert "## sandstone: test scores, U-Net against multi-Otsu" in summary
     assert "**validation** (picks the" in summary and "**test** (scored once" in summary
     sand = json.loads((out / "metrics" / "sandstone.json").read_text())["evaluation"]
-    assert sand["part"] == "test" and "sandstone" in sand["cases"]
+    assert sand["part"] == "test" and sand["split"].startswith("by case: train core")
+    assert sand["cases"] and all(name.startswith("core") for name in sand["cases"])  # whole cores
+    assert "fitted" in sand and "the stronger baseline" in summary and "Split: by case" in summary
     assert len(sand["unet"]["hd95"]) == 4 and any(v is not None for v in sand["unet"]["hd95"])
     assert "HD95 is MONAI's" in summary and "missed" in summary and "missed" in sand["unet"]
 
@@ -68,6 +70,9 @@ def test_06_chooses_on_validation_and_scores_the_test_part_once(course_run):
     assert inference["test"]["reads"] == 1 and 0 <= inference["test"]["mean_iou"] <= 1
     executed = nbformat.read(out / "executed" / "06_unpatchify_visualization-sandstone.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
-    assert printed.count("test mean IoU") == 1 and "validation mean IoU" in printed  # one test score
+    assert printed.count("test mean IoU") == 1 and "validation mean IoU" in printed  # one test line
+    assert "default settings" in printed and "chosen settings" in printed  # side by side
+    assert "margin" in printed and ("within the margin" in printed or "more than the margin" in printed)
+    assert inference["test"]["default_mean_iou"] is not None and inference["margin"] >= 0.005
     summary = write_summary(out, "quick", course_run["timings"], 1.0).read_text()
     assert "Settings chosen on validation (sandstone)" in summary and "scored once" in summary

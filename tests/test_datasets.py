@@ -127,3 +127,91 @@ def test_zoomed_brain_affine_places_every_voxel_where_zoom_sampled_it(zoom):
     expected = (pos[0] + 2 * pos[1] - 3 * pos[2]).reshape(out.shape)
     inner = tuple(slice(2, -2) for _ in range(3))  # away from the clamped border
     assert np.abs(out[inner] - expected[inner]).max() < 1e-3
+
+
+# ------------------------------------------------------------------ issue 32: the demos as several cases
+
+
+@pytest.mark.parametrize("profile", ["quick", "cpu"])
+@pytest.mark.parametrize("name", ["sandstone", "brain"])
+def test_embedded_demos_are_split_by_case_into_whole_cases_of_a_patch_or_more(name, profile, tmp_path):
+    from helpers.config import get_params
+    from helpers.experiment import patch_shape, prepare
+
+    params = get_params(profile, name, output_dir=str(tmp_path))
+    ds = prepare(params)
+    assert ds.split["kind"] == "cases"
+    counts = [len(ds.split[p]) for p in ("train", "val", "test")]
+    assert counts[0] >= 3 and counts[1] >= 1 and counts[2] >= 1, counts
+    patch = patch_shape(ds, params)
+    for part in ("val", "test"):
+        for case, region in ds.part(part):
+            assert region == (slice(None),) * 3  # a whole case, not a slab
+            assert all(s >= p for s, p in zip(case.shape, patch, strict=True)), (case.name, case.shape, patch)
+    names = [c.name for c in ds.cases]
+    assert sorted(n for p in ("train", "val", "test") for n in ds.split[p]) == sorted(names)
+    assert set(ds.case_stats) == set(names)
+
+
+def test_sandstone_cores_differ_in_their_phase_statistics():
+    from helpers.demos import make_sandstone_cores
+
+    cores = make_sandstone_cores((40, 40, 40), 5, seed=0)
+    again = make_sandstone_cores((40, 40, 40), 5, seed=0)
+    assert all(np.array_equal(a.labels, b.labels) for a, b in zip(cores, again, strict=True))
+    fractions = np.array([np.bincount(c.labels.ravel(), minlength=4) / c.labels.size for c in cores])
+    spread = fractions.max(axis=0) - fractions.min(axis=0)
+    assert spread[2] > 0.05 and spread[1] > 0.02  # quartz and clay content vary between cores
+    assert fractions[:, 3].max() > 1.5 * fractions[:, 3].min() > 0  # so does pyrite, present in each
+
+
+def test_brain_subjects_differ_and_each_white_matter_is_one_object():
+    """The old test part was a frontal slab of the symmetric template, whose white matter was
+    two hemispheres; a whole subject's white matter is one connected object."""
+    from scipy import ndimage as ndi
+
+    from helpers.demos import make_brain_subjects
+
+    subjects, affine = make_brain_subjects(0.25, 3, seed=0)
+    assert affine.shape == (4, 4)
+    a, b = subjects[0], subjects[1]
+    assert a.image.shape == b.image.shape and not np.array_equal(a.labels, b.labels)
+    assert np.mean(a.labels != b.labels) > 0.02  # different anatomy, not a copy
+    for s in subjects:
+        assert set(np.unique(s.labels)) == {0, 1, 2}
+        assert s.image[s.labels == 2].mean() > s.image[s.labels == 1].mean()  # T1 contrast kept
+        parts, n = ndi.label(s.labels == 2)
+        largest = np.bincount(parts.ravel())[1:].max()
+        assert largest > 0.9 * np.count_nonzero(s.labels == 2), s.name
+
+
+def test_fitted_thresholds_find_the_known_best_thresholds():
+    """Three classes, Gaussian intensities of equal spread and equal counts: the best thresholds lie
+    half-way between neighbouring means. Class 1 is the brightest, so the order is 0, 2, 1."""
+    from helpers.evaluation import apply_thresholds, fit_thresholds
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (40, 40, 40)).astype(np.uint8)
+    means = np.array([0.0, 3.0, 1.0])
+    image = means[labels] + rng.normal(0, 0.15, labels.shape)
+    thresholds, order = fit_thresholds([image], [labels], 3)
+    assert order.tolist() == [0, 2, 1]
+    assert np.allclose(thresholds, [0.5, 2.0], atol=0.03), thresholds
+    guess = apply_thresholds(image, thresholds, order)
+    assert np.mean(guess == labels) > 0.99
+    # multi-Otsu knows no labels: it puts the classes in intensity order, so class 1 and 2 swap
+    assert np.mean(multiotsu_baseline(image, 3) == labels) < 0.5
+
+
+def test_fitted_thresholds_beat_multiotsu_where_classes_are_unequal_in_size():
+    from helpers.evaluation import apply_thresholds, fit_thresholds
+
+    rng = np.random.default_rng(1)
+    labels = (rng.random((40, 40, 40)) < 0.1).astype(np.uint8)  # a rare bright class
+    image = labels * 1.0 + rng.normal(0, 0.3, labels.shape)
+    thresholds, order = fit_thresholds([image], [labels], 2)
+    fitted = evaluate(labels, apply_thresholds(image, thresholds, order), ("bg", "fg"))["mean_iou"]
+    otsu = evaluate(labels, multiotsu_baseline(image, 2), ("bg", "fg"))["mean_iou"]
+    assert fitted > otsu + 0.02, (fitted, otsu)
+    with pytest.raises(ValueError, match="2 or more"):
+        fit_thresholds([image], [np.zeros_like(labels)], 2)
