@@ -7,8 +7,9 @@ model (it broadcasts its input to 3 channels, so the model itself costs nothing)
 all measured in the same run:
 
 (a) voxels per second of ``predict_volume``;
-(b) its speed-up over the frozen baseline, ``frozen_predict_volume.py``: the channel-last
-    stitching that shipped before, kept verbatim in this folder;
+(b) its speed-up over the frozen baseline, ``frozen_predict_volume.py``: a short
+    reimplementation of the channel-last, one-thread stitching that shipped at a4f303f
+    (the same outputs, bit for bit, and the same operations);
 (c) its time over the contiguous floor: the same number of patch-sized weighted adds,
     one class plane at a time into a channel-first (C, Z, Y, X) accumulator, in plain
     NumPy on one thread with a precomputed prediction;

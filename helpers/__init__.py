@@ -13,10 +13,13 @@ One module per job, data flowing one way:
   memory maps), ``splits`` (train / val / test), ``datasets`` (dataset folders
   and the embedded data), ``patches`` (windows, padding, blending);
 - ``sampling`` (the patch sampler), ``model`` (the U-Net, losses, metrics),
-  ``runs`` (the locked, crash-safe run folder), ``training``;
-- ``inference`` (pipelined whole-volume prediction), ``postprocessing`` (largest
-  component), ``distributed`` (blockwise prediction of zarr volumes on Dask),
-  ``predict`` (new scans, the command line);
+  ``runs`` (the locked run folder: every file in it, and the one decision where a
+  training resumes, :func:`~helpers.runs.run_status`), ``training`` (Keras only:
+  trains and commits each epoch);
+- ``inference`` (whole-volume prediction as steps: windows, cut, predict, pipelined),
+  ``stitching`` (the windows' blended sums, finalised slab by slab),
+  ``postprocessing`` (largest component), ``distributed`` (blockwise prediction of
+  zarr volumes on Dask), ``predict`` (new scans, the command line);
 - ``metrics``, ``evaluation`` (scores per case at native resolution), ``viz``;
 - ``results`` (the metrics records and ``summary.md``), ``runner`` (``make run``).
 

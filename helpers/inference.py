@@ -12,11 +12,12 @@ Three things overlap, as nnU-Net's predictor does: a producer thread cuts the ne
 batches while the model runs, and a stitcher thread adds batch k while the model
 predicts batch k + 1. NumPy and the Keras backends release the GIL in their heavy calls.
 
-The running sums are stored channel-first, one contiguous (depth, Y, X) plane per class
-plus one for the summed weights, in a ring indexed by ``z % depth`` so no slab is ever
-shifted. Broadcasting a weight over a short last axis of 3 classes is about 3x slower
-than these contiguous planes, and the planes are split between threads with no locks,
-since no two threads ever write the same plane.
+:func:`predict_volume` is a sequence of steps, each a function of its own:
+:func:`_options` (every argument check), :func:`_windows` (the grid, or the part of it a
+``region`` needs), :func:`_cut_batch` (windows into a batch buffer, padded),
+:class:`_Predictor` (the model on a batch, mirrored and checked), and the merging
+:class:`helpers.stitching._Stitcher`, built on the first output; :func:`_run_sequential`
+or :func:`_run_pipelined` drives them.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import itertools
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -42,8 +43,8 @@ from helpers.patches import (
     sliding_windows,
     window_starts,
 )
+from helpers.stitching import Output, _Stitcher
 
-Output = Literal["probabilities", "labels"]
 #: Batch buffers in the ring between the producer, the model and the stitcher.
 RING_DEPTH = 4
 _POLL_S = 0.05
@@ -140,252 +141,6 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
             return
         except queue.Full:
             continue
-
-
-def _ring_pieces(z0: int, z1: int, depth: int) -> Iterator[tuple[slice, slice]]:
-    """(ring slice, offset slice from z0) pieces of absolute Z in [z0, z1), at most two."""
-    start, n = z0 % depth, z1 - z0
-    first = min(n, depth - start)
-    yield slice(start, start + first), slice(0, first)
-    if first < n:
-        yield slice(0, n - first), slice(first, n)
-
-
-class _Stitcher:
-    """Blended sums for Z in [base, base + depth), in a ring of channel-first planes.
-
-    ``acc[c]`` holds the weighted scores of class c. The summed weights are the same
-    for every row of windows along Z, so they are added once per row from a
-    precomputed block. Labels with several classes need no weights at all: dividing
-    every class by the same positive sum cannot change which is largest.
-
-    The threads share the class planes: each owns whole planes, and the planes left
-    over (3 classes on 2 threads leave one) are split into absolute X bands chosen per
-    batch so that each thread gets the same number of voxels. No voxel is written by
-    two threads, so there are no locks, and the work is balanced for any class count.
-    """
-
-    def __init__(
-        self,
-        shape: tuple[int, int, int],
-        windows: Sequence[Window],
-        n_classes: int,
-        weights: np.ndarray | None,
-        output: Output,
-        out: Any,
-        threads: int,
-        crop: tuple[slice, slice, slice] | None = None,
-        deep: bool = False,
-    ) -> None:
-        self.shape, self.weights, self.output = shape, weights, output
-        self.crop = crop or tuple(slice(0, s) for s in shape)
-        self.yx = self.crop[1:]
-        kept = tuple(c.stop - c.start for c in self.crop)
-        self.n_classes, self.base = n_classes, 0
-        first = windows[0]
-        self.row = [w for w in windows if w[0] == first[0]]
-        patch = tuple(s.stop - s.start for s in first)
-        starts = sorted({w[0].start for w in windows})
-        step = max((b - a for a, b in zip(starts, starts[1:], strict=False)), default=0)
-        self.patch_z = min(patch[0], shape[0])
-        # ``deep``: one step deeper than a window, so that a Z row's slabs can be finalised
-        # a little per batch during the next row instead of all at once: a pipelined
-        # stitcher then keeps pace with the model instead of stalling it at every row.
-        self.depth = min(patch[0] + (step if deep else 0), shape[0])
-        self.requested = 0
-        plane = (self.depth, *shape[1:])
-        self.acc = np.zeros((n_classes, *plane), np.float32)
-        normalise = weights is not None and (output == "probabilities" or n_classes == 1)
-        self.wsum = np.zeros(plane, np.float32) if normalise else None
-        self.row_weights: np.ndarray | None = None
-        self.last_row = -1
-        self.threads = max(1, min(threads, shape[2]))
-        cuts = np.linspace(0, shape[2], self.threads + 1).astype(int)
-        whole = self.threads * (n_classes // self.threads)
-        self.whole = [list(range(t, whole, self.threads)) for t in range(self.threads)]
-        self.banded = list(range(whole, n_classes))
-        self.fixed_bands = [(int(cuts[t]), int(cuts[t + 1])) for t in range(self.threads)]
-        self.tmp = [np.empty(patch, np.float32) for _ in range(self.threads)]
-        self.pool = ThreadPoolExecutor(self.threads - 1) if self.threads > 1 else None
-        # Probabilities of our own are kept channel-first, as the sums are, so each class plane
-        # is written contiguously; finish() returns the channel-last view (no copy).
-        self.channel_first = out is None and output == "probabilities"
-        if out is not None:
-            self.result = out
-        elif output == "labels":
-            self.result = np.zeros(kept, dtype=np.uint8 if n_classes <= 256 else np.int32)
-        else:
-            self.result = np.zeros((n_classes, *kept), dtype=np.float32)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
-
-    def _parallel(self, fn: Callable[[int], None]) -> None:
-        """Run ``fn(thread)`` for every thread index, the last one on this thread."""
-        if self.pool is None:
-            fn(0)
-            return
-        futures = [self.pool.submit(fn, t) for t in range(self.threads - 1)]
-        try:
-            fn(self.threads - 1)
-        finally:
-            for f in futures:
-                f.result()
-
-    def add(self, pred: np.ndarray, windows: Sequence[Window]) -> None:
-        """Add predictions (B, pz, py, px, C) for ``windows`` (in z-major order)."""
-        run_start = 0
-        for i in range(1, len(windows) + 1):
-            if i == len(windows) or windows[i][0].start != windows[run_start][0].start:
-                z = windows[run_start][0].start
-                self.requested = max(self.requested, z)  # every Z below the row's start is complete
-                if self.base < z + self.patch_z - self.depth:  # the ring slices the run will use
-                    self.finalise(z + self.patch_z - self.depth)
-                new_row = self.wsum is not None and z != self.last_row
-                self.last_row = z
-                run = list(zip(pred[run_start:i], windows[run_start:i], strict=True))
-                bands = self._bands([w for _, w in run])
-                self._parallel(lambda t, run=run, b=bands, n=new_row, z=z: self._add_band(t, run, b[t], n, z))
-                if self.base < self.requested:  # a share of the pending slabs, in step with the row
-                    quota = -(-(self.depth - self.patch_z) * (i - run_start) // len(self.row)) + 1
-                    self.finalise(min(self.requested, self.base + quota))
-                run_start = i
-
-    def _bands(self, windows: Sequence[Window]) -> list[tuple[int, int]]:
-        """Absolute X bands, one per thread, each covering the same share of the windows' voxels."""
-        if self.threads == 1:
-            return [(0, self.shape[2])]
-        edges = np.zeros(self.shape[2] + 1, np.int64)
-        for window in windows:
-            edges[window[2].start] += 1
-            edges[min(window[2].stop, self.shape[2])] -= 1
-        cum = np.cumsum(np.cumsum(edges[:-1]))
-        cuts = [0, *(int(np.searchsorted(cum, cum[-1] * k / self.threads)) for k in range(1, self.threads))]
-        cuts.append(self.shape[2])
-        return [(cuts[t], cuts[t + 1]) for t in range(self.threads)]
-
-    def _row_weights(self) -> np.ndarray:
-        """Summed weights of one row of windows (all Y, X starts at one Z start), (pz, Y, X); cached."""
-        if self.row_weights is None:
-            depth = min(self.weights.shape[0], self.shape[0])
-            block = np.zeros((depth, *self.shape[1:]), np.float32)
-            for window in self.row:
-                inside, local = clip_window(window, self.shape)
-                block[(slice(None), *inside[1:])] += self.weights[local]
-            self.row_weights = block
-        return self.row_weights
-
-    def _add_band(
-        self, t: int, run: list[tuple[np.ndarray, Window]], band: tuple[int, int], new_row: bool, z: int
-    ) -> None:
-        if new_row:
-            block, (f0, f1) = self._row_weights(), self.fixed_bands[t]
-            for ring, off in _ring_pieces(z, min(z + self.patch_z, self.shape[0]), self.depth):
-                self.wsum[ring, :, f0:f1] += block[off, :, f0:f1]
-        x0, x1 = band
-        tmp = self.tmp[t]
-        for p, window in run:
-            inside, local = clip_window(window, self.shape)
-            self._add_window(p, inside, local, self.whole[t], tmp)
-            a, b = max(inside[2].start, x0), min(inside[2].stop, x1)
-            if self.banded and a < b:
-                cols = slice(a - inside[2].start, b - inside[2].start)
-                self._add_window(p, (*inside[:2], slice(a, b)), (*local[:2], cols), self.banded, tmp)
-
-    def _add_window(
-        self, p: np.ndarray, inside: Window, local: Window, planes: Sequence[int], tmp: np.ndarray
-    ) -> None:
-        w = None if self.weights is None else self.weights[local]
-        pieces = list(_ring_pieces(inside[0].start, inside[0].stop, self.depth))
-        for c in planes:
-            src, target = p[(*local, c)], self.acc[c]
-            if w is not None:
-                src = np.multiply(src, w, out=tmp[local])
-            for ring, off in pieces:
-                if w is None:
-                    target[(ring, *inside[1:])] = src[off]
-                else:
-                    target[(ring, *inside[1:])] += src[off]
-
-    def finalise(self, upto: int) -> None:
-        """Write Z in [base, upto) to the result and free those ring slices."""
-        upto = min(upto, self.shape[0])
-        for ring, off in _ring_pieces(self.base, upto, self.depth):
-            z0 = self.base + off.start
-            self._finalise_piece(ring, z0, z0 + off.stop - off.start)
-        self.base = upto
-
-    def _check_finite(self, t: int, ring: slice, z0: int, z1: int) -> None:
-        """Raise ValueError if the model put NaN or Inf into a final slab (a sum is one cheap pass)."""
-        for c in range(t, self.n_classes, self.threads):
-            sums = self.acc[c, ring]
-            if not np.isfinite(np.add.reduce(sums, axis=None)) and not np.isfinite(sums).all():
-                raise ValueError(
-                    f"model output contains NaN or Inf in class {c} for the windows covering "
-                    f"Z {z0}..{z1 - 1} (is the input normalised? have the weights diverged?)"
-                )
-
-    def _finalise_piece(self, ring: slice, z0: int, z1: int) -> None:
-        self._parallel(lambda t: self._check_finite(t, ring, z0, z1))
-        a, b = max(z0, self.crop[0].start), min(z1, self.crop[0].stop)  # the rows of the result
-        if a < b:
-            direct = isinstance(self.result, np.ndarray)
-            plane = tuple(c.stop - c.start for c in self.yx)
-            if self.output == "probabilities":
-                spatial, finalise = (b - a, *plane, self.n_classes), self._probabilities
-            else:
-                spatial, finalise = (b - a, *plane), self._labels
-            rows = slice(a - self.crop[0].start, b - self.crop[0].start)
-            if self.channel_first:
-                target = self.result[:, rows]
-            else:
-                target = self.result[rows] if direct else np.empty(spatial, self.result.dtype)
-            first = ring.start + a - z0
-            bounds = np.linspace(0, b - a, self.threads + 1).astype(int)
-            self._parallel(lambda t: finalise(first, target, range(bounds[t], bounds[t + 1])))
-            if not direct:
-                self.result[rows] = target
-        self.acc[:, ring] = 0
-        if self.wsum is not None:
-            self.wsum[ring] = 0
-
-    def _probabilities(self, first: int, target: np.ndarray, slices: Sequence[int]) -> None:
-        """Divide by the summed weights, slice by slice so each write stays in cache.
-
-        ``target`` is (C, Z, Y, X) when ``self.channel_first``, else (Z, Y, X, C); its
-        slice ``j`` is ring slice ``first + j``, cropped to ``self.yx``.
-        """
-        for j in slices:
-            z = first + j
-            for c in range(self.n_classes):
-                dest = target[c, j] if self.channel_first else target[j, ..., c]
-                if self.wsum is None:
-                    dest[...] = self.acc[(c, z, *self.yx)]
-                else:
-                    np.divide(self.acc[(c, z, *self.yx)], self.wsum[(z, *self.yx)], out=dest)
-
-    def _labels(self, first: int, target: np.ndarray, slices: Sequence[int]) -> None:
-        """Argmax over classes (the first of equal scores wins, as np.argmax) slice by slice."""
-        for j in slices:
-            z = first + j
-            scores = self.acc[(slice(None), z, *self.yx)]
-            if self.n_classes == 1:
-                if self.wsum is not None:
-                    scores = scores / self.wsum[(z, *self.yx)]
-                target[j] = scores[0] >= 0.5
-                continue
-            best = scores[0].copy()
-            index = np.zeros(best.shape, target.dtype)
-            for c in range(1, self.n_classes):
-                higher = scores[c] > best
-                np.copyto(index, c, where=higher)
-                np.maximum(best, scores[c], out=best)
-            target[j] = index
-
-    def finish(self) -> Any:
-        self.finalise(self.shape[0])
-        return np.moveaxis(self.result, 0, -1) if self.channel_first else self.result
 
 
 class _Source:
@@ -582,6 +337,75 @@ def predict_volume(
         See ``output``.
     """
     volume = check_volume(volume)
+    opts = _options(patch_size, overlap, batch_size, blend, output, pad_value, threads, tta, mirror_axes)
+    windows, volume, crop = _windows(volume, opts, region, out)
+    shape = tuple(int(s) for s in volume.shape[:3])
+    _check_out(out, shape, output)
+    if isinstance(volume, np.ndarray) and not isinstance(volume, np.memmap):
+        check_finite(volume)  # in memory: one cheap pass; from disk, each block is checked as it is read
+    n_in = int(volume.shape[3]) if len(volume.shape) == 4 else 1
+    _check_model_input(model, opts.patch, n_in)
+    predictor = _Predictor(_predict_fn(model), opts, out)
+    threaded = _worth_pipelining(model) if pipeline is None else pipeline
+    deep = (
+        threaded and out is None
+    )  # a ring one step deeper keeps pace with the model; with out=, memory first
+    depth = opts.patch[0] + (_z_step(windows) if deep else 0)
+    groups = [windows[i : i + opts.batch_size] for i in range(0, len(windows), opts.batch_size)]
+    source = _Source(volume)
+    ring = [np.empty((opts.batch_size, *opts.patch, n_in), dtype=np.float32) for _ in range(RING_DEPTH)]
+    stitchers: list[_Stitcher] = []  # built on the first output, which gives the number of classes
+
+    def stitch(k: int, pred: np.ndarray) -> None:
+        if not stitchers:
+            args = (shape, windows, pred.shape[-1], opts.weights, output, out, opts.threads, crop, depth)
+            stitchers.append(_Stitcher(*args))
+        stitchers[0].add(pred, groups[k])
+
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(windows), disable=not progress, desc="predict_volume", unit="patch") as bar:
+        try:
+            runner = _run_pipelined if threaded else _run_sequential
+            runner(
+                len(groups),
+                lambda k, slot: _cut_batch(source, groups[k], shape, ring[slot], opts.pad_value),
+                lambda k, slot: predictor(k, ring[slot]),
+                stitch,
+                lambda k: bar.update(len(groups[k])),
+            )
+            return stitchers[0].finish()
+        finally:
+            if stitchers:
+                stitchers[0].close()
+
+
+@dataclass(frozen=True)
+class _Options:
+    """:func:`predict_volume`'s checked options: the window, batching, blending and output."""
+
+    patch: tuple[int, int, int]
+    overlap: float
+    batch_size: int
+    weights: np.ndarray | None
+    output: Output
+    pad_value: float
+    threads: int
+    flips: list[tuple[int, ...]]
+
+
+def _options(
+    patch_size: int | Sequence[int],
+    overlap: float,
+    batch_size: int,
+    blend: Blend,
+    output: Output,
+    pad_value: float,
+    threads: int | None,
+    tta: Literal["mirror"] | None,
+    mirror_axes: Sequence[int],
+) -> _Options:
+    """Check :func:`predict_volume`'s options (each bad one raises ValueError naming it)."""
     patch = as_patch_shape(patch_size)
     overlap = check_overlap(overlap)
     real = isinstance(pad_value, (int, float, np.integer, np.floating)) and not isinstance(pad_value, bool)
@@ -595,95 +419,91 @@ def predict_volume(
         raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
     flips = mirror_flips(check_mirror_axes(tta, mirror_axes))
     weights = blend_weights(patch, blend)
-    if region is not None:
-        if out is not None:
-            raise ValueError("out= and region= cannot be combined: the result of a region is returned")
-        windows, bbox, crop = region_windows(volume.shape, region, patch, overlap)
-        volume = volume[bbox] if isinstance(volume, np.ndarray) else _Offset(volume, bbox)
-    else:
-        windows, crop = sliding_windows(volume.shape, patch, overlap), None
-    shape = tuple(int(s) for s in volume.shape[:3])
-    _check_out(out, shape, output)
-    if isinstance(volume, np.ndarray) and not isinstance(volume, np.memmap):
-        check_finite(volume)  # in memory: one cheap pass; from disk, each block is checked as it is read
-    n_in = int(volume.shape[3]) if len(volume.shape) == 4 else 1
-    _check_model_input(model, patch, n_in)
-    predict = _predict_fn(model)
+    n_threads = default_threads() if threads is None else int(threads)
+    return _Options(patch, overlap, batch_size, weights, output, pad_value, n_threads, flips)
 
-    groups = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
-    full = tuple(slice(0, p) for p in patch)
-    source = _Source(volume)
-    state: dict[str, Any] = {}
 
-    def fill(k: int, batch: np.ndarray) -> None:
-        for i, window in enumerate(groups[k]):
-            inside, local = clip_window(window, shape)
-            if local != full:
-                batch[i] = pad_value
-            batch[i][local] = source.read(inside)
-        if len(groups[k]) < batch_size:
-            batch[len(groups[k]) :] = pad_value
+def _windows(
+    volume: Any, opts: _Options, region: Sequence[slice] | None, out: Any
+) -> tuple[list[Window], Any, tuple[slice, slice, slice] | None]:
+    """The windows to predict, the volume they index, and the crop of the result (None: all of it).
 
-    def checked(k: int, batch: np.ndarray) -> np.ndarray:
-        pred = predict(batch)
-        first = k * batch_size
-        if pred.ndim != 5 or pred.shape[:4] != batch.shape[:4]:
-            raise ValueError(
-                f"model output has shape {pred.shape}; expected "
-                f"{(batch_size, *patch, 'n_classes')} for an input batch of {batch.shape}"
-            )
-        n_out = state.setdefault("n_out", pred.shape[-1])
-        if pred.shape[-1] != n_out:
-            raise ValueError(
-                f"model output has {pred.shape[-1]} channels in the batch of window {first}, "
-                f"but {n_out} before; a model must return the same number of classes every time"
-            )
-        if out is not None and output == "probabilities" and out.shape[3] != n_out:
-            raise ValueError(f"out has {out.shape[3]} channels but the model returns {n_out} classes")
-        return pred
+    With ``region``, only the windows of the whole grid that touch it, over their
+    bounding box of ``volume`` (read lazily from an array-like); see :func:`region_windows`.
+    """
+    if region is None:
+        return sliding_windows(volume.shape, opts.patch, opts.overlap), volume, None
+    if out is not None:
+        raise ValueError("out= and region= cannot be combined: the result of a region is returned")
+    windows, bbox, crop = region_windows(volume.shape, region, opts.patch, opts.overlap)
+    return windows, volume[bbox] if isinstance(volume, np.ndarray) else _Offset(volume, bbox), crop
 
-    def call(k: int, batch: np.ndarray) -> np.ndarray:
+
+def _z_step(windows: Sequence[Window]) -> int:
+    """The grid's step along Z: the largest gap between successive Z starts (0 for one row)."""
+    starts = sorted({w[0].start for w in windows})
+    return max((b - a for a, b in zip(starts, starts[1:], strict=False)), default=0)
+
+
+def _cut_batch(
+    source: _Source, windows: Sequence[Window], shape: tuple[int, ...], batch: np.ndarray, pad_value: float
+) -> None:
+    """Cut ``windows`` from ``source`` into ``batch`` (B, pz, py, px, C_in), padding with ``pad_value``
+    where a window passes the volume's edge and in the slots past the last window."""
+    full = tuple(slice(0, p) for p in batch.shape[1:4])
+    for i, window in enumerate(windows):
+        inside, local = clip_window(window, shape)
+        if local != full:
+            batch[i] = pad_value
+        batch[i][local] = source.read(inside)
+    if len(windows) < len(batch):
+        batch[len(windows) :] = pad_value
+
+
+class _Predictor:
+    """The model on one batch: the mean over every flip of ``opts.flips``, each output checked."""
+
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], opts: _Options, out: Any) -> None:
+        self.predict, self.opts, self.out = predict, opts, out
+        self.n_out: int | None = None  # the classes of the first output: every later one must match
+
+    def __call__(self, k: int, batch: np.ndarray) -> np.ndarray:
+        flips = self.opts.flips
         if len(flips) == 1:
-            return checked(k, batch)
+            return self._checked(k, batch)
         total = None
         for axes in flips:
             ax = tuple(a + 1 for a in axes)
-            pred = checked(k, np.ascontiguousarray(np.flip(batch, ax)) if ax else batch)
+            pred = self._checked(k, np.ascontiguousarray(np.flip(batch, ax)) if ax else batch)
             pred = np.flip(pred, ax) if ax else pred
             total = pred.astype(np.float32, copy=True) if total is None else np.add(total, pred, out=total)
         return total / np.float32(len(flips))
 
-    ring = [np.empty((batch_size, *patch, n_in), dtype=np.float32) for _ in range(RING_DEPTH)]
+    def _checked(self, k: int, batch: np.ndarray) -> np.ndarray:
+        pred = self.predict(batch)
+        self.n_out = _check_prediction(pred, batch, k * self.opts.batch_size, self.n_out, self.opts, self.out)
+        return pred
 
-    def model_stage(k: int, slot: int) -> np.ndarray:
-        return call(k, ring[slot])
 
-    def stitch(k: int, pred: np.ndarray) -> None:
-        if "stitcher" not in state:
-            n_threads = default_threads() if threads is None else int(threads)
-            state["stitcher"] = _Stitcher(
-                shape, windows, pred.shape[-1], weights, output, out, n_threads, crop, deep=state["deep"]
-            )
-        state["stitcher"].add(pred, groups[k])
-
-    from tqdm.auto import tqdm
-
-    with tqdm(total=len(windows), disable=not progress, desc="predict_volume", unit="patch") as bar:
-        try:
-            threaded = _worth_pipelining(model) if pipeline is None else pipeline
-            state["deep"] = threaded and out is None  # with out=, memory comes first
-            runner = _run_pipelined if threaded else _run_sequential
-            runner(
-                len(groups),
-                lambda k, slot: fill(k, ring[slot]),
-                model_stage,
-                stitch,
-                lambda k: bar.update(len(groups[k])),
-            )
-            return state["stitcher"].finish()
-        finally:
-            if "stitcher" in state:
-                state["stitcher"].close()
+def _check_prediction(
+    pred: np.ndarray, batch: np.ndarray, first: int, n_out: int | None, opts: _Options, out: Any
+) -> int:
+    """Return the classes of ``pred``, the output for ``batch`` (whose first window is ``first``);
+    raise ValueError when its shape is not the batch's or its classes differ from ``n_out``'s."""
+    if pred.ndim != 5 or pred.shape[:4] != batch.shape[:4]:
+        raise ValueError(
+            f"model output has shape {pred.shape}; expected "
+            f"{(opts.batch_size, *opts.patch, 'n_classes')} for an input batch of {batch.shape}"
+        )
+    n_out = pred.shape[-1] if n_out is None else n_out
+    if pred.shape[-1] != n_out:
+        raise ValueError(
+            f"model output has {pred.shape[-1]} channels in the batch of window {first}, "
+            f"but {n_out} before; a model must return the same number of classes every time"
+        )
+    if out is not None and opts.output == "probabilities" and out.shape[3] != n_out:
+        raise ValueError(f"out has {out.shape[3]} channels but the model returns {n_out} classes")
+    return n_out
 
 
 Stage = Callable[[int, int], Any]

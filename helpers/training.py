@@ -208,9 +208,10 @@ def training_run(
     :func:`helpers.runs.run_status`, which prints what it found and what it discards. When
     the block ends with all ``epochs`` committed (or an early stop),
     :func:`helpers.runs.finish_run` writes ``training.json`` (the seconds per epoch of the
-    epochs this call trained, with ``record``), then ``complete.json``, and removes the
-    resume point. A completed run is never trained again, and asking it for more epochs
-    raises :class:`helpers.runs.RunFolderError`, as do a damaged ``complete.json`` and a
+    epochs the last call trained, with its ``record``; kept in each commit, so a kill before
+    ``complete.json`` loses neither), then ``complete.json``, and removes the resume point.
+    A completed run is never trained again, and asking it for more epochs raises
+    :class:`helpers.runs.RunFolderError`, as do a damaged ``complete.json`` and a
     ``best.keras`` or ``log.csv`` left without any record: nothing finished is deleted
     unasked.
 

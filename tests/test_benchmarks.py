@@ -64,3 +64,15 @@ def test_docs_give_every_benchmark_script_a_section_of_its_own():
         assert re.search(r"(Intel|AMD EPYC)[^.\n]*, 20\d\d-\d\d-\d\d", section) or name == "gpu.py", name
     assert {"`make test`", "`make run`", "Changelog"} <= set(headings), headings
     assert not re.search(r"\bsession\b", text, flags=re.I)
+
+
+def test_the_frozen_baseline_computes_what_predict_volume_does():
+    """The frozen baseline is a reimplementation; its docstring checks it against the course."""
+    import doctest
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("frozen", ROOT / "benchmarks" / "frozen_predict_volume.py")
+    frozen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(frozen)
+    result = doctest.testmod(frozen)
+    assert result.attempted >= 1 and result.failed == 0

@@ -393,3 +393,36 @@ def test_adam_is_built_before_the_first_step_so_it_is_traced_once(tmp_path):
     data = PatchSampler(labels.astype(np.float32), labels, 16, 1, 2, n_classes=3)
     train(tiny_model(), data, None, 1, tmp_path, callbacks=[Look()], verbose=0)
     assert seen == [True, True]
+
+
+def test_run_status_is_the_one_decision_and_says_what_it_found(tmp_path):
+    """Issue 35: fresh, resume (with what it discards) or complete, decided in helpers.runs alone."""
+    import json
+
+    import h5py
+
+    from helpers.runs import Commit, backup_dir, run_lock, run_status, weights_path, write_commit
+
+    with run_lock(tmp_path):
+        assert run_status(tmp_path, 4) == run_status(tmp_path, 4)
+        status = run_status(tmp_path, 4)
+    assert (status.kind, status.initial_epoch, status.message) == ("fresh", 0, "")
+    backup_dir(tmp_path).mkdir()
+    with h5py.File(weights_path(tmp_path, 2), "w") as f:  # a readable state commit after epoch 2
+        f["w"] = [1.0]
+    rows = [{"epoch": e, "loss": 1.0 / (e + 1)} for e in range(4)]
+    for n in (1, 2, 3):
+        write_commit(tmp_path, Commit(n, rows[:n], "loss", resume_from=2 if n >= 2 else 0))
+    with run_lock(tmp_path):
+        status = run_status(tmp_path, 4)
+    assert (status.kind, status.initial_epoch) == ("resume", 2)
+    assert "discarding the 1 logged epoch since (epoch 3)" in status.message
+    assert read_log(tmp_path / "log.csv")["epoch"] == [0, 1]  # rolled back to the state commit
+    timing = {"seconds": 8.0, "epochs_run": 4, "seconds_per_epoch": 2.0, "note": "kept"}
+    write_commit(tmp_path, Commit(4, rows, "loss", resume_from=2, timing=timing))  # then a kill
+    with run_lock(tmp_path):
+        status = run_status(tmp_path, 4)
+    assert (status.kind, status.initial_epoch) == ("complete", 4) and "marked complete" in status.message
+    assert json.loads((tmp_path / "training.json").read_text()) == timing
+    assert json.loads((tmp_path / "complete.json").read_text())["epochs_run"] == 4
+    assert not backup_dir(tmp_path).exists()
