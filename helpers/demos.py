@@ -61,7 +61,7 @@ def make_sandstone_cores(shape: Sequence[int], n: int = N_DEMO_CASES, *, seed: i
     >>> [c.name for c in cores], cores[0].image.shape
     (['core1', 'core2', 'core3'], (32, 32, 32))
     """
-    from helpers.datasets import make_sandstone
+    from helpers.embedded import make_sandstone
 
     out = []
     for k in range(int(n)):
@@ -115,8 +115,8 @@ def make_brain_subjects(
     affine : float64 (4, 4)
         The cropped grid's affine, in mm.
     """
-    from helpers.datasets import brain_template
-    from helpers.io import crop_affine
+    from helpers.affines import crop_affine
+    from helpers.embedded import brain_template
 
     t1, p_gm, p_wm, affine = brain_template(zoom)
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))[::-1]  # (Z, Y, X) mm

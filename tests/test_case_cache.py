@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import datasets
+from helpers import datasets, preprocessor
 from helpers.case_cache import CACHE_VERSION
 from helpers.datasets import make_cores_dataset, open_dataset
 from helpers.io import load_volume, release_pages, save_volume
@@ -30,13 +30,13 @@ def cores(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the cases that open_dataset preprocesses (in this process) from now on."""
     calls: list[str] = []
-    real = datasets._preprocess_case
+    real = preprocessor.preprocess_case
 
     def counting(job):  # noqa: ANN001, ANN202
         calls.append(job.name)
         return real(job)
 
-    monkeypatch.setattr(datasets, "_preprocess_case", counting)
+    monkeypatch.setattr(preprocessor, "preprocess_case", counting)
     return calls
 
 

@@ -32,7 +32,7 @@ def test_course_outputs_and_summary(course_run):
     assert {"evaluation", "training", "inference"} <= set(sand)
     assert len(sand["evaluation"]["unet"]["iou"]) == 4
     summary = write_summary(out, "quick", course_run["timings"], 1.0).read_text()
-    assert "| class | multi-Otsu IoU | U-Net IoU | U-Net Dice |" in summary
+    assert "| class | multi-Otsu IoU | fitted thresholds IoU | U-Net IoU | U-Net Dice |" in summary
     assert "## sandstone" in summary
     assert len(list((out / "figures").glob("*.png"))) >= 10
 
@@ -40,7 +40,7 @@ def test_course_outputs_and_summary(course_run):
 def test_summary_reports_test_scores_and_says_which_part_is_which(course_run):
     out = course_run["out"]
     summary = write_summary(out, "quick", course_run["timings"], 1.0).read_text()
-    assert "## sandstone: test scores, U-Net against multi-Otsu" in summary
+    assert "## sandstone: test scores, U-Net against multi-Otsu and fitted thresholds" in summary
     assert "**validation** (picks the" in summary and "**test** (scored once" in summary
     sand = json.loads((out / "metrics" / "sandstone.json").read_text())["evaluation"]
     assert sand["part"] == "test" and sand["split"].startswith("by case: train core")
