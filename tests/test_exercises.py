@@ -43,3 +43,28 @@ def test_exercises_come_last_before_the_summary():
     for path in NOTEBOOKS:
         cells = nbformat.read(path, as_version=4).cells
         assert cells[-2].source.startswith("## Exercises"), path.name
+
+
+#: A fenced Python block of a markdown cell.
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem[:2])
+def test_every_notebook_has_an_exercise_where_the_student_writes_code(path):
+    """Issue 33: beside change-one-thing exercises, one where the student writes a function body
+    (a stub ending in ``...  # your code here``), then runs a check; the solution (run by the test
+    above) holds the same check's assertions."""
+    text = next(
+        c.source for c in nbformat.read(path, as_version=4).cells if c.source.startswith("## Exercises")
+    )
+    blocks = list(BLOCK.finditer(text))
+    stubs = [
+        k for k, b in enumerate(blocks) if "def " in b.group(1) and "...  # your code here" in b.group(1)
+    ]
+    assert stubs, f"{path.name}: no stub with '...  # your code here'"
+    check = blocks[stubs[0] + 1].group(1)
+    assert "assert " in check, f"{path.name}: a check follows the stub"
+    solution = SOLUTION.search(text[blocks[stubs[0] + 1].end() :]).group(1)
+    for line in check.splitlines():
+        if line.startswith("assert "):
+            assert line in solution, f"{path.name}: the solution runs the check's {line!r}"
