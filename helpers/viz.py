@@ -120,12 +120,14 @@ def show_orthogonal(
     *,
     channel: int | str | None = None,
     channel_names: Sequence[str] = (),
+    directions: bool = True,
 ) -> plt.Figure:
     """Axial, coronal and sagittal slices through ``index`` (default: the centre) of a (Z, Y, X[, C])
     RAS volume, drawn as radiology reads them (:func:`display_slice`), labels overlaid.
 
     A multi-channel image gets one row per channel, named by ``channel_names``, or only
-    ``channel`` (an index or a name) when it is given.
+    ``channel`` (an index or a name) when it is given. ``directions=False`` leaves out the
+    patient directions, for arrays that are not on a RAS grid (a randomly flipped patch).
     """
     index = index or [s // 2 for s in image.shape[:3]]
     if image.ndim == 4 and channel is None:
@@ -135,7 +137,9 @@ def show_orthogonal(
     fig, grid = plt.subplots(len(picked), 3, figsize=(12, 4 * len(picked)), squeeze=False)
     n_classes = int(labels.max()) + 1 if labels is not None else 0
     for (volume, name), axes in zip(picked, grid, strict=True):
-        _orthogonal_row(axes, volume, labels, index, n_classes, alpha, name if image.ndim == 4 else "")
+        _orthogonal_row(
+            axes, volume, labels, index, n_classes, alpha, name if image.ndim == 4 else "", directions
+        )
     if labels is not None and class_names:
         fig.legend(handles=legend_handles(class_names), loc="lower center", ncol=len(class_names))
     fig.suptitle(title)
@@ -150,6 +154,7 @@ def _orthogonal_row(
     n_classes: int,
     alpha: float,
     name: str,
+    directions: bool = True,
 ) -> None:
     for ax, axis, i in zip(axes, AXES, index, strict=True):
         ax.imshow(display_slice(image, axis, i), cmap="gray")
@@ -164,7 +169,8 @@ def _orthogonal_row(
             )
         ax.set_title(f"{name + ': ' if name else ''}{VIEW_NAMES[axis]} = {i}")
         ax.axis("off")
-        label_directions(ax, axis)
+        if directions:
+            label_directions(ax, axis)
 
 
 def plot_histogram(
