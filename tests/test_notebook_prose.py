@@ -77,3 +77,81 @@ def test_every_number_in_prose_is_printed_by_the_run_or_quoted_with_its_source(p
     cells = nbformat.read(path, as_version=4).cells
     found = {i: unsourced(c.source) for i, c in enumerate(cells) if c.cell_type == "markdown"}
     assert {i: n for i, n in found.items() if n} == {}, "print these from a cell, or cite docs/benchmarks.md"
+
+
+# Issue 33, item 8: a lesson reads in short sentences; the plumbing lives in the README.
+
+#: Words a sentence of a lesson cell may average (keras.io's examples average well under it).
+MAX_WORDS = 20
+#: The cells that are not lesson prose: the title with its objectives, the exercises and the quiz.
+NOT_LESSONS = ("# ", "## Exercises", "## Check your understanding")
+#: A sentence ends at . ! or ? (and any closing ** or parenthesis) followed by a space and a capital,
+#: a digit, a code span, emphasis or a parenthesis. "e.g. the" and "0.5 mm" do not end one.
+SENTENCE_END = re.compile(r"(?<=[.!?])[*)\"”]*\s+(?=[A-Z0-9`*(\"“])")
+#: A line that starts a new piece of prose: a list item (-, *, + or 1.).
+LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+\.)\s+")
+
+
+def sentences(markdown: str) -> list[list[str]]:
+    """The sentences of one markdown cell, each as its words; fragments of one or two words are dropped.
+
+    Code blocks and collapsed ``<details>`` are not prose; headings and table rows are not
+    sentences; a `code span` or a link is one word; blank lines and list items end a sentence.
+    """
+    text = re.sub(r"```.*?```", "\n\n", markdown, flags=re.DOTALL)
+    text = re.sub(r"<details>.*?</details>", "\n\n", text, flags=re.DOTALL)
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", text)  # a link reads as its text
+    text = re.sub(r"`[^`]*`", "`code`", text)
+    text = re.sub(r"<[^>]+>", " ", text)
+    pieces, piece = [], []
+    for line in text.splitlines():
+        if not line.strip() or LIST_ITEM.match(line) or line.lstrip().startswith(("#", "|")):
+            pieces.append(" ".join(piece))
+            piece = []
+        if line.strip() and not line.lstrip().startswith(("#", "|")):
+            piece.append(LIST_ITEM.sub("", line))
+    pieces.append(" ".join(piece))
+    found = [s.split() for p in pieces for s in SENTENCE_END.split(p)]
+    return [words for words in found if len(words) > 2]
+
+
+def mean_sentence_words(markdown: str) -> float:
+    found = sentences(markdown)
+    return sum(map(len, found)) / len(found) if found else 0.0
+
+
+def test_the_sentence_rule():
+    assert sentences("## A heading\n\nShort one here. And `a.b(c, d)` is one word! Then e.g. this.") == [
+        ["Short", "one", "here."],
+        ["And", "`code`", "is", "one", "word!"],
+        ["Then", "e.g.", "this."],
+    ]
+    assert sentences("Lists end them:\n- first item here\n- second item (**bold.**) Next one starts") == [
+        ["Lists", "end", "them:"],
+        ["first", "item", "here"],
+        ["second", "item", "(**bold."],
+        ["Next", "one", "starts"],
+    ]
+    assert sentences("Code is not prose.\n```python\nx = 1  # a long comment of many words\n```\nOK.") == [
+        ["Code", "is", "not", "prose."]
+    ]
+    assert sentences("This is seen. <details><summary>Solution</summary>hidden words in here</details>") == [
+        ["This", "is", "seen."]
+    ]
+    assert mean_sentence_words("One two three four. Five six seven eight nine ten.") == 5.0
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_lesson_cells_average_short_sentences(path: Path):
+    cells = nbformat.read(path, as_version=4).cells
+    lessons = {
+        i: c.source
+        for i, c in enumerate(cells)
+        if c.cell_type == "markdown" and not c.source.startswith(NOT_LESSONS)
+    }
+    long = {
+        i: round(mean_sentence_words(s), 1) for i, s in lessons.items() if mean_sentence_words(s) > MAX_WORDS
+    }
+    assert long == {}, (
+        f"cells whose sentences average over {MAX_WORDS} words: shorten them, or move plumbing to the README"
+    )
