@@ -66,7 +66,8 @@ def test_05_scores_every_test_case_at_native_resolution_from_float_labels(export
     scores = json.loads((run_dir / "evaluation" / "scores.json").read_text())
     metrics = json.loads((export["out"] / "metrics" / "Dataset042_Tumour.json").read_text())["evaluation"]
     assert sorted(scores["unet"]["per_case"]) == sorted(metrics["cases"]) and metrics["grid"] == "native"
-    assert len(scores["unet"]["iou"]) == 3  # the three foreground classes
+    assert len(scores["unet"]["iou"]) == 4  # every class is reported; the means are over the foreground
+    assert 0.0 <= scores["unet"]["mean_iou"] <= 1.0
 
 
 def test_06_segments_each_new_two_channel_scan_on_its_own_grid(export):

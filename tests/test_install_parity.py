@@ -42,7 +42,7 @@ def notebook_code(path: Path) -> str:
 
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
-SOURCES = [p.read_text() for p in sorted((REPO_ROOT / "helpers").glob("*.py"))] + list(
+SOURCES = [p.read_text() for p in sorted((REPO_ROOT / "helpers").rglob("*.py"))] + list(
     map(notebook_code, NOTEBOOKS)
 )
 
