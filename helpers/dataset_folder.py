@@ -101,13 +101,18 @@ def check_training_count(spec: dict[str, Any], found: int, path: Path) -> None:
         )
 
 
+#: Channel names read as MR (a per-case z-score either way; the name says what the scan is).
+MR_NAMES = frozenset({"MR", "MRI", "T1", "T1W", "T1C", "T1CE", "T1GD", "T2", "T2W", "FLAIR", "PD", "DWI"})
+
+
 def read_channels(spec: dict[str, Any], path: Path) -> list[tuple[str, str]]:
     """(name, modality) of each image channel, in order; modality is "CT", "MR" or "other".
 
     The course's own ``modality`` string must name one of :data:`MODALITIES` (one
     channel). The public forms, MSD's ``modality`` and nnU-Net v2's ``channel_names``
     ({"0": "T2", "1": "ADC"}), are free text read as nnU-Net reads it: "CT" selects the
-    CT scheme, anything else ("MRI", "T2", "noNorm"...) a per-case z-score.
+    CT scheme, anything else ("MRI", "T2", "noNorm"...) a per-case z-score; MR sequence names
+    (:data:`MR_NAMES`: "FLAIR", "T1c"...) are reported as MR, the rest (ADC, "noNorm") as other.
     """
     raw = spec.get("channel_names", spec.get("modality"))
     if isinstance(raw, dict) and raw:
@@ -120,7 +125,7 @@ def read_channels(spec: dict[str, Any], path: Path) -> list[tuple[str, str]]:
         out = []
         for key in order:
             text = str(raw[key]).strip()
-            modality = "CT" if text.upper() == "CT" else "MR" if text.upper() in ("MR", "MRI") else "other"
+            modality = "CT" if text.upper() == "CT" else "MR" if text.upper() in MR_NAMES else "other"
             out.append((text, modality))
         return out
     if raw is None:

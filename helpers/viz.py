@@ -230,7 +230,7 @@ def plot_history(history: Mapping[str, Sequence[float]], metric: str = "mean_iou
         if key in history:
             ax.plot(epochs, history[key], "o-", label="training")
         if f"val_{key}" in history:
-            ax.plot(epochs, history[f"val_{key}"], "s-", label="validation (held-out slab)")
+            ax.plot(epochs, history[f"val_{key}"], "s-", label="validation part")
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.legend()

@@ -52,7 +52,7 @@ def test_the_generated_export_is_what_real_exports_look_like(tumour_root):
 
 def test_a_two_channel_float_label_export_opens_with_its_name_from_the_folder(tumour_root):
     ds = open_dataset(tumour_root)
-    assert ds.name == "Tumour" and ds.channel_names == ("FLAIR", "T1c")
+    assert ds.name == "Tumour" and ds.channel_names == ("FLAIR", "T1c") and ds.modality == ["MR", "MR"]
     assert ds.class_names == tuple(TUMOUR_LABELS) and ds.split["kind"] == "cases"
     assert all(c.image.shape[3] == 2 and c.labels.dtype == np.uint8 for c in ds.cases)
     assert all(len(c.image_paths) == 2 for c in ds.cases)
