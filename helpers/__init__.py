@@ -9,9 +9,12 @@ One module per job, data flowing one way:
   label files), ``zarr_volumes`` (chunked volumes on disk with their affine);
 - ``geometry`` (align, reorient, resample and invert), ``preprocessing``
   (normalisation), ``planning`` (a dataset's fingerprint and the plan made from it),
-  ``tumours`` (a generated two-channel export), ``case_cache`` (cases preprocessed once to disk, read back as
-  memory maps), ``splits`` (train / val / test), ``datasets`` (dataset folders
-  and the embedded data), ``patches`` (windows, padding, blending);
+  ``tumours`` (a generated two-channel export), ``case_cache`` (cases preprocessed
+  once to disk, read back as memory maps), ``splits`` (train / val / test), ``dataset_folder`` (a folder's
+  layout and ``dataset.json``), ``preprocessor`` (each case into the cache),
+  ``embedded`` and ``demos`` (the generated and shipped data), ``datasets``
+  (:func:`~helpers.datasets.open_dataset`, the stages in order), ``patches`` (windows,
+  padding, blending);
 - ``sampling`` (the patch sampler), ``model`` (the U-Net, losses, metrics),
   ``runs`` (the locked run folder: every file in it, and the one decision where a
   training resumes, :func:`~helpers.runs.run_status`), ``training`` (Keras only:
