@@ -305,9 +305,10 @@ def _open_cases(folder: Path, metas: dict[str, dict[str, Any]], sources: dict[st
     for stem, meta in metas.items():
         raw, labels, candidates = open_case(folder / "cases" / stem)
         record = Resampling.from_json(meta["resampling"])
-        case = Case(stem, raw, labels, record, meta["image_path"], meta["labels_path"], candidates)
-        case.image_paths = tuple(sources[stem][0])
-        cases.append(case)
+        paths = tuple(sources[stem][0])
+        cases.append(
+            Case(stem, raw, labels, record, meta["image_path"], meta["labels_path"], candidates, paths)
+        )
     return cases
 
 

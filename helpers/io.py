@@ -42,13 +42,6 @@ from helpers.volume import (  # noqa: E402, F401
     volume_suffix,
 )
 
-_tiff_affine, _check_numpy_header, _suffix = (
-    tiff_affine,
-    check_numpy_header,
-    volume_suffix,
-)  # old private names
-
-
 # ---------------------------------------------------------------------------- loading
 
 
