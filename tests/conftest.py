@@ -32,13 +32,12 @@ import helpers  # noqa: E402, F401  (sets TensorFlow's CPU options before a test
 #: finishing a course pass alone. test_faults.py moved up when its kill-in-any-write test came
 #: (the file took 311 s alone on 2026-12-05, 111 s of it that test).
 SLOWEST_FIRST = (
-    "test_course_real_export.py",
-    "test_course_sandstone.py",
-    "test_faults.py",
     "test_training.py",
-    "test_course_own_dataset.py",
-    "test_course_brain.py",
+    "test_course_sandstone.py",
     "test_course_two_cases.py",
+    "test_faults.py",
+    "test_course_real_export.py",
+    "test_course_brain.py",
     "test_course_one_case.py",
     "test_notebooks.py",
     "test_benchmarks.py",

@@ -10,7 +10,13 @@ from typing import Any
 
 import nbformat
 
-from helpers.runner import execute_notebook
+from helpers.runner import COURSE, execute_notebook
+
+#: Notebooks that read nothing of the dataset: 00 checks the installation, 02 cuts a generated
+#: cube (``tests/test_notebooks.py`` checks that neither calls ``prepare``). The sandstone pass runs
+#: them; a pass whose subject is a kind of dataset folder runs the rest.
+DATASET_FREE = ("00_setup", "02_patchify")
+READS_THE_DATASET = tuple(n for n in COURSE if n not in DATASET_FREE)
 
 #: What TensorFlow's C++ side logs at import; none of it may reach a student's notebook.
 TENSORFLOW_NOISE = ("absl", "oneDNN", "cuda drivers")
@@ -40,7 +46,7 @@ def run_clean(name: str, params: dict[str, Any], target: Path, demos: bool = Tru
 
 def predict_in_process(capsys, *args) -> tuple[int, str, str]:
     """``python -m helpers.predict ARGS`` in this process, without a new interpreter and its
-    TensorFlow import (``test_course_own_dataset``'s zero-code test runs the real command):
+    TensorFlow import (06 runs the real command in every course pass):
     exit code, stdout, stderr."""
     from helpers.predict import main
 
@@ -53,13 +59,14 @@ def predict_in_process(capsys, *args) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def few_cases_course(root: Path, out: Path, cases: list[str]) -> dict[str, str]:
-    """The whole course (00-07), zero code, on a SandstoneCores folder of only ``cases``: too few to
-    split by case, so each case is cut into slabs. A short training (1 epoch of 2 steps): what is
-    checked is that every notebook runs on such a folder, not the scores. Returns each notebook's
-    printed text."""
+def few_cases_course(
+    root: Path, out: Path, cases: list[str], notebooks: tuple[str, ...] = READS_THE_DATASET
+) -> dict[str, str]:
+    """The course, zero code, on a SandstoneCores folder of only ``cases``: too few to split by
+    case, so each case is cut into slabs. A short training (1 epoch of 2 steps): what is checked
+    is that the ``notebooks`` (by default every one that reads the dataset) run on such a folder,
+    not the scores. Returns each notebook's printed text."""
     from helpers.datasets import make_cores_dataset
-    from helpers.runner import COURSE
 
     make_cores_dataset(root, cases=cases)
     params = {
@@ -70,7 +77,7 @@ def few_cases_course(root: Path, out: Path, cases: list[str]) -> dict[str, str]:
         "steps_per_epoch": 2,
     }
     printed = {}
-    for name in COURSE:
+    for name in notebooks:
         target = out / "executed" / f"{name}.ipynb"
         run_clean(name, params, target, demos=False)
         cells = nbformat.read(target, as_version=4).cells

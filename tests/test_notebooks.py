@@ -4,6 +4,7 @@ The course passes are in the test_course_*.py files, one file each so that ``mak
 workers share them.
 """
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -48,7 +49,6 @@ def test_notebook_skeleton(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_badges_and_setup_cell_use_the_one_course_address(path):
-    import re
 
     from helpers.config import COURSE_REPO, COURSE_URL
 
@@ -76,6 +76,28 @@ def test_notebooks_define_no_functions_or_classes(path):
     for cell in nbformat.read(path, as_version=4).cells:
         if cell.cell_type == "code":
             assert not any(line.lstrip().startswith(("def ", "class ")) for line in cell.source.splitlines())
+
+
+def test_the_dataset_free_notebooks_read_no_dataset():
+    """The dataset passes of ``make test`` skip them (``course_checks.DATASET_FREE``): that is only
+    right while they load nothing of ``dataset``, which they pass to ``get_params`` alone."""
+    from course_checks import DATASET_FREE
+
+    for name in DATASET_FREE:
+        code = [
+            c.source for c in nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", 4).cells if c.cell_type == "code"
+        ]
+        text = "\n".join(code)
+        for reader in (
+            r"\bprepare\(",
+            r"\bopen_dataset\(",
+            r"\bensure_model\(",
+            r"\bload_trained\(",
+            r"\bds\.",
+        ):
+            assert not re.search(reader, text), (name, reader)
+        uses = [line.strip() for line in text.splitlines() if re.search(r"\bdataset\b", line)]
+        assert all(line.startswith(("dataset = ", "dataset,", "{k: params[k]")) for line in uses), uses
 
 
 def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path):
