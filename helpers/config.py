@@ -118,6 +118,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "steps_per_epoch": 3,
         "val_steps": 2,
         "learning_rate": 1e-3,
+        "lr_schedule": "constant",  # or "cosine": Adam's rate falls along half a cosine to 0
         "loss": "dice+ce",
         "large_shape": (64, 64, 80),  # 1.25 MB: eight 48^3 output chunks meeting at one corner
         "large_chunk": 48,
@@ -138,6 +139,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "steps_per_epoch": 25,
         "val_steps": 4,
         "learning_rate": 2e-3,
+        "lr_schedule": "constant",  # or "cosine": Adam's rate falls along half a cosine to 0
         "loss": "dice+ce",
         # 216 MB, 1.7 x the budget, in eight 192^3 chunks meeting at one corner: what 07 shows.
         # 07 took 286 s here, against 874 s for the 512^3 volume it had until 2026-12-02
@@ -160,6 +162,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "steps_per_epoch": 100,
         "val_steps": 16,
         "learning_rate": 1e-3,
+        "lr_schedule": "constant",  # or "cosine": Adam's rate falls along half a cosine to 0
         "loss": "dice+ce",
         "large_shape": (1024, 1024, 1024),
         "large_chunk": 256,
@@ -173,6 +176,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 DATASETS = ("sandstone", "brain")
 #: Loss names understood by :class:`helpers.model.SegmentationLoss`.
 LOSSES = ("dice", "ce", "bce", "focal", "dice+ce", "dice+bce", "dice+focal")
+#: Learning-rate schedules of :func:`helpers.training.learning_rate_schedule`.
+SCHEDULES = ("constant", "cosine")
 
 
 class ProfileError(ValueError):
@@ -461,6 +466,7 @@ MODEL_KEYS = (
     "steps_per_epoch",
     "val_steps",
     "learning_rate",
+    "lr_schedule",
     "loss",
     "sandstone_shape",
     "brain_zoom",
@@ -558,6 +564,9 @@ def check_param(key: str, value: Any) -> Any:
     elif key == "loss":
         if value not in LOSSES:
             raise bad(f"known losses: {', '.join(LOSSES)}")
+    elif key == "lr_schedule":
+        if value not in SCHEDULES:
+            raise bad(f"known schedules: {', '.join(SCHEDULES)}")
     elif key == "large_chunk":
         if not _is_int(value) or value < 32:
             raise bad("it must be an integer >= 32 (voxels)")

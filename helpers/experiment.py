@@ -194,7 +194,7 @@ def train_from_params(
     Writes ``model.json`` first (:func:`start_run`).
     """
     from helpers.model import build_unet, precision_reason, replicas, set_precision, strategy_scope
-    from helpers.training import STATE_EVERY, train
+    from helpers.training import STATE_EVERY, learning_rate_schedule, train
 
     ds = prepare(params)
     patch = patch_shape(ds, params)
@@ -217,7 +217,11 @@ def train_from_params(
         val_data,
         params["epochs"],
         params["run_dir"],
-        learning_rate=params["learning_rate"],
+        learning_rate=learning_rate_schedule(
+            params["learning_rate"],
+            schedule=params["lr_schedule"],
+            total_steps=params["epochs"] * params["steps_per_epoch"],
+        ),
         loss=params["loss"],
         class_names=ds.class_names,
         callbacks=callbacks,

@@ -240,9 +240,33 @@ def training_run(
         finish_run(run_dir, checkpoint.commit, epochs)
 
 
+def learning_rate_schedule(
+    learning_rate: float, *, schedule: str = "constant", total_steps: int | None = None
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """Adam's learning rate: ``learning_rate`` held constant, or ``schedule="cosine"``: falling
+    from it along half a cosine to 0 at ``total_steps`` optimizer steps (epochs x steps per
+    epoch). The schedule reads the optimizer's step count, which a resumed run restores.
+
+    Example
+    -------
+    >>> rate = learning_rate_schedule(1e-3, schedule="cosine", total_steps=100)
+    >>> round(float(rate(50)), 6)
+    0.0005
+    """
+    from helpers.config import SCHEDULES
+
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}: known schedules are {', '.join(SCHEDULES)}")
+    if schedule == "constant":
+        return learning_rate
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps={total_steps!r}: a cosine schedule needs an integer >= 1")
+    return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps)
+
+
 def compile_for_training(
     model: keras.Model,
-    learning_rate: float = 1e-3,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 1e-3,
     loss: str = "dice+ce",
     class_names: tuple[str, ...] | None = None,
 ) -> keras.Model:
@@ -263,7 +287,7 @@ def train(
     val_data: PatchSampler | None,
     epochs: int,
     run_dir: str | os.PathLike[str],
-    learning_rate: float = 1e-3,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 1e-3,
     loss: str = "dice+ce",
     class_names: tuple[str, ...] | None = None,
     early_stopping_patience: int | None = None,

@@ -31,8 +31,21 @@ def test_explicit_parameter_overrides_profile_and_none_does_not():
 def test_the_run_folder_changes_with_every_knob_that_changes_the_model(tmp_path):
     base = get_params("quick", "sandstone")["run_dir"]
     assert get_params("quick", "sandstone", overlap=0.25)["run_dir"] == base  # inference only
-    for knob, value in [("patch_size", 64), ("learning_rate", 5e-4), ("batch_size", 4), ("epochs", 3)]:
+    knobs = [
+        ("patch_size", 64),
+        ("learning_rate", 5e-4),
+        ("batch_size", 4),
+        ("epochs", 3),
+        ("lr_schedule", "cosine"),
+    ]
+    for knob, value in knobs:
         assert get_params("quick", "sandstone", **{knob: value})["run_dir"] != base, knob
+
+
+def test_a_learning_rate_schedule_is_named_from_the_known_ones():
+    assert all(p["lr_schedule"] == "constant" for p in PROFILES.values())
+    with pytest.raises(ProfileError, match=r"lr_schedule.*'linear'.*known schedules: constant, cosine"):
+        get_params("quick", "sandstone", lr_schedule="linear")
 
 
 def test_a_dataset_is_a_name_or_a_folder_with_dataset_json(tmp_path):

@@ -117,6 +117,44 @@ def test_training_resumes_after_an_interruption(phantom, tmp_path):
     assert again["epoch"] == [0, 1, 2, 3]  # a completed run is not retrained
 
 
+def test_a_cosine_schedule_falls_to_zero_over_the_run_and_continues_after_a_resume(phantom, tmp_path):
+    from helpers.training import learning_rate_schedule
+
+    rate = learning_rate_schedule(1e-3, schedule="cosine", total_steps=4)
+    assert [round(float(rate(s)), 7) for s in range(5)] == [1e-3, 8.536e-4, 5e-4, 1.464e-4, 0.0]
+    assert learning_rate_schedule(1e-3) == 1e-3  # constant: the number itself
+    with pytest.raises(ValueError, match="total_steps=None"):
+        learning_rate_schedule(1e-3, schedule="cosine")
+    train_data, val_data = samplers(phantom, steps=1, batch=1)
+    seen = []
+
+    class Rate(InterruptAfterEpoch):
+        def on_epoch_begin(self, epoch, logs=None):
+            optimizer = self.model.optimizer
+            seen.append((epoch, round(float(optimizer.learning_rate), 7)))
+
+    def run(stop):
+        model = batchnorm_model()
+        train(
+            model,
+            train_data,
+            val_data,
+            4,
+            tmp_path,
+            learning_rate=rate,
+            callbacks=[Rate(stop)],
+            verbose=0,
+            state_every=2,
+        )
+        return model
+
+    with pytest.raises(SimulatedInterruption):
+        run(2)
+    model = run(99)  # resumed at epoch 2 with Adam's step count, so the rate goes on from there
+    assert seen == [(0, 1e-3), (1, 8.536e-4), (2, 5e-4), (3, 1.464e-4)]
+    assert float(model.optimizer.learning_rate) == 0.0
+
+
 @pytest.mark.slow
 def test_best_model_file_holds_no_optimizer_state(tmp_path):
     import keras
