@@ -119,6 +119,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "val_steps": 2,
         "learning_rate": 1e-3,
         "lr_schedule": "constant",  # or "cosine": Adam's rate falls along half a cosine to 0
+        "augmentation": "flips",  # or "full": flips and turns, then zoom, contrast, brightness
         "loss": "dice+ce",
         "large_shape": (64, 64, 80),  # 1.25 MB: eight 48^3 output chunks meeting at one corner
         "large_chunk": 48,
@@ -140,6 +141,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "val_steps": 4,
         "learning_rate": 2e-3,
         "lr_schedule": "constant",  # or "cosine": Adam's rate falls along half a cosine to 0
+        "augmentation": "flips",  # or "full": flips and turns, then zoom, contrast, brightness
         "loss": "dice+ce",
         # 216 MB, 1.7 x the budget, in eight 192^3 chunks meeting at one corner: what 07 shows.
         # 07 took 286 s here, against 874 s for the 512^3 volume it had until 2026-12-02
@@ -163,6 +165,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "val_steps": 16,
         "learning_rate": 1e-3,
         "lr_schedule": "constant",  # or "cosine": Adam's rate falls along half a cosine to 0
+        "augmentation": "flips",  # or "full": flips and turns, then zoom, contrast, brightness
         "loss": "dice+ce",
         "large_shape": (1024, 1024, 1024),
         "large_chunk": 256,
@@ -178,6 +181,8 @@ DATASETS = ("sandstone", "brain")
 LOSSES = ("dice", "ce", "bce", "focal", "dice+ce", "dice+bce", "dice+focal")
 #: Learning-rate schedules of :func:`helpers.training.learning_rate_schedule`.
 SCHEDULES = ("constant", "cosine")
+#: Kinds of :func:`helpers.augmentation.augment_patch` (not imported: this module needs no NumPy).
+AUGMENTATIONS = ("flips", "full")
 
 
 class ProfileError(ValueError):
@@ -467,6 +472,7 @@ MODEL_KEYS = (
     "val_steps",
     "learning_rate",
     "lr_schedule",
+    "augmentation",
     "loss",
     "sandstone_shape",
     "brain_zoom",
@@ -567,6 +573,9 @@ def check_param(key: str, value: Any) -> Any:
     elif key == "lr_schedule":
         if value not in SCHEDULES:
             raise bad(f"known schedules: {', '.join(SCHEDULES)}")
+    elif key == "augmentation":
+        if value not in AUGMENTATIONS:
+            raise bad(f"known augmentations: {', '.join(AUGMENTATIONS)}")
     elif key == "large_chunk":
         if not _is_int(value) or value < 32:
             raise bad("it must be an integer >= 32 (voxels)")

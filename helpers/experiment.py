@@ -133,7 +133,7 @@ def make_samplers(ds: Dataset, params: dict[str, Any], patch: tuple[int, int, in
             **options,
         )
 
-    train = sampler("train", params["steps_per_epoch"], seed=0)
+    train = sampler("train", params["steps_per_epoch"], seed=0, augment=params["augmentation"])
     val = sampler(
         "val", params["val_steps"], foreground_fraction=0.0, augment=False, seed=1, resample_each_epoch=False
     )

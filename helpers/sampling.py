@@ -21,26 +21,12 @@ from typing import Any
 import keras
 import numpy as np
 
+from helpers.augmentation import AUGMENTATIONS, augment_patch
 from helpers.case_cache import class_candidates
 from helpers.checks import check_image, check_labels
 from helpers.memory import release_pages
 from helpers.patches import as_patch_shape, pad_to_patch
 from helpers.preprocessing import one_hot
-
-
-def augment_patch(
-    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random flips and a 90-degree rotation, the same for image (Z, Y, X, C) and labels (Z, Y, X)."""
-    for axis in range(3):
-        if rng.random() < 0.5:
-            image, labels = np.flip(image, axis), np.flip(labels, axis)
-    planes = [(a, b) for a, b in ((0, 1), (0, 2), (1, 2)) if labels.shape[a] == labels.shape[b]]
-    if planes:
-        plane = planes[rng.integers(len(planes))]
-        k = int(rng.integers(4))
-        image, labels = np.rot90(image, k, plane), np.rot90(labels, k, plane)
-    return image, labels
 
 
 def _check_count(name: str, value: Any) -> int:
@@ -191,9 +177,11 @@ class PatchSampler(keras.utils.PyDataset):
         Share of patches centred on a voxel of a foreground class, the class chosen
         uniformly among those present (see the module docstring). Use 0 for an
         unbiased validation sample.
-    augment : bool
-        Random flips on each axis and 90-degree rotations in the planes whose
-        two sides are equal, applied identically to image and labels.
+    augment : bool or str
+        ``True`` or ``"flips"``: random flips on each axis and 90-degree rotations in
+        the planes whose two sides are equal, applied identically to image and labels;
+        ``"full"``: those, then a random zoom and contrast and brightness
+        (:func:`helpers.augmentation.augment_patch`); ``False``: none.
     seed : int
         Batches depend only on (seed, epoch, index): reproducible, also with workers.
     n_classes : int, optional
@@ -224,7 +212,7 @@ class PatchSampler(keras.utils.PyDataset):
         batch_size: int,
         steps_per_epoch: int,
         foreground_fraction: float = 0.33,
-        augment: bool = True,
+        augment: bool | str = True,
         seed: int = 0,
         n_classes: int | None = None,
         background: int = 0,
@@ -248,6 +236,8 @@ class PatchSampler(keras.utils.PyDataset):
         self.names = names
         self.channels = _channel_count(self.images)
         self.n_classes = n_classes or max(int(np.asarray(lab).max()) for lab in self.labels) + 1
+        if augment not in (True, False, *AUGMENTATIONS):
+            raise ValueError(f"augment={augment!r}: use True, False or one of {', '.join(AUGMENTATIONS)}")
         self.foreground_fraction, self.augment = float(foreground_fraction), augment
         self.seed, self.epoch, self.resample = int(seed), 0, resample_each_epoch
         foreground = [c for c in range(max(self.n_classes, 2)) if c != background]
@@ -289,7 +279,8 @@ class PatchSampler(keras.utils.PyDataset):
             k, start = self._start(rng)
             img, lab = cut_patch(self.images[k], self.labels[k], start, self.patch)
             if self.augment:
-                img, lab = augment_patch(img, lab, rng)
+                kind = "flips" if self.augment is True else self.augment
+                img, lab = augment_patch(img, lab, rng, kind=kind)
             x[b], y[b] = img, lab
         return x, y
 

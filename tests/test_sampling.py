@@ -5,8 +5,9 @@ import warnings
 import numpy as np
 import pytest
 
+from helpers.augmentation import augment_patch
 from helpers.datasets import make_sandstone
-from helpers.sampling import PatchSampler, augment_patch, class_candidates
+from helpers.sampling import PatchSampler, class_candidates
 
 
 def test_sampler_shapes_dtypes_and_determinism(rng):
