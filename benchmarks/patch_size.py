@@ -29,6 +29,8 @@ import helpers  # noqa: F401  (before Keras)
 
 # isort: split
 
+import keras
+
 from helpers.config import get_params
 from helpers.evaluation import score_test
 from helpers.experiment import load_trained, prepare, train_from_params
@@ -43,23 +45,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-class WallClock:
+class WallClock(keras.callbacks.Callback):
     """Stops training at the end of the epoch that brings it closest to ``budget_s`` seconds."""
 
-    def __new__(cls, budget_s: float):
-        import keras
+    def __init__(self, budget_s: float) -> None:
+        super().__init__()
+        self.budget_s = budget_s
 
-        class Stop(keras.callbacks.Callback):
-            def on_train_begin(self, logs=None):
-                self.start, self.epochs = time.perf_counter(), 0
+    def on_train_begin(self, logs=None):
+        self.start, self.epochs = time.perf_counter(), 0
 
-            def on_epoch_end(self, epoch, logs=None):
-                self.epochs += 1
-                elapsed = time.perf_counter() - self.start
-                if elapsed + 0.5 * elapsed / self.epochs >= budget_s:
-                    self.model.stop_training = True
-
-        return Stop()
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs += 1
+        elapsed = time.perf_counter() - self.start
+        if elapsed + 0.5 * elapsed / self.epochs >= self.budget_s:
+            self.model.stop_training = True
 
 
 def arm(patch: int, batch: int, epochs: int, args, budget_s: float | None = None) -> dict:

@@ -11,8 +11,14 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-#: The kinds :func:`augment_patch` knows (the ``augmentation`` profile parameter).
-AUGMENTATIONS = ("flips", "full")
+from helpers.config import AUGMENTATIONS  # the kinds augment_patch knows (a profile parameter)
+
+
+def check_augmentation(value: object, name: str = "kind") -> str:
+    """``value`` if it names a kind of :func:`augment_patch`, else a ValueError naming ``name``."""
+    if value not in AUGMENTATIONS:
+        raise ValueError(f"{name}={value!r}: known augmentations are {', '.join(AUGMENTATIONS)}")
+    return str(value)
 
 
 def flip_and_turn(
@@ -81,8 +87,7 @@ def augment_patch(
     turns (:func:`flip_and_turn`); ``"full"`` then zooms in (:func:`zoom_in`) and jitters the
     intensities (:func:`jitter_intensity`). The flips draw from ``rng`` first, so a seed gives the
     same flips and turns with either kind."""
-    if kind not in AUGMENTATIONS:
-        raise ValueError(f"kind={kind!r}: known augmentations are {', '.join(AUGMENTATIONS)}")
+    check_augmentation(kind)
     image, labels = flip_and_turn(image, labels, rng)
     if kind == "full":
         image, labels = zoom_in(image, labels, rng)

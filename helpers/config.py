@@ -181,7 +181,7 @@ DATASETS = ("sandstone", "brain")
 LOSSES = ("dice", "ce", "bce", "focal", "dice+ce", "dice+bce", "dice+focal")
 #: Learning-rate schedules of :func:`helpers.training.learning_rate_schedule`.
 SCHEDULES = ("constant", "cosine")
-#: Kinds of :func:`helpers.augmentation.augment_patch` (not imported: this module needs no NumPy).
+#: Kinds of :func:`helpers.augmentation.augment_patch`, which imports them from here.
 AUGMENTATIONS = ("flips", "full")
 
 

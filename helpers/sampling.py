@@ -21,7 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from helpers.augmentation import AUGMENTATIONS, augment_patch
+from helpers.augmentation import augment_patch, check_augmentation
 from helpers.case_cache import class_candidates
 from helpers.checks import check_image, check_labels
 from helpers.memory import release_pages
@@ -236,9 +236,9 @@ class PatchSampler(keras.utils.PyDataset):
         self.names = names
         self.channels = _channel_count(self.images)
         self.n_classes = n_classes or max(int(np.asarray(lab).max()) for lab in self.labels) + 1
-        if augment not in (True, False, *AUGMENTATIONS):
-            raise ValueError(f"augment={augment!r}: use True, False or one of {', '.join(AUGMENTATIONS)}")
-        self.foreground_fraction, self.augment = float(foreground_fraction), augment
+        kind = "flips" if augment is True else augment
+        self.augment = None if augment is False else check_augmentation(kind, "augment")  # a kind, or None
+        self.foreground_fraction = float(foreground_fraction)
         self.seed, self.epoch, self.resample = int(seed), 0, resample_each_epoch
         foreground = [c for c in range(max(self.n_classes, 2)) if c != background]
         self.candidates = _foreground_candidates(given, self.labels, foreground, self.seed)
@@ -279,8 +279,7 @@ class PatchSampler(keras.utils.PyDataset):
             k, start = self._start(rng)
             img, lab = cut_patch(self.images[k], self.labels[k], start, self.patch)
             if self.augment:
-                kind = "flips" if self.augment is True else self.augment
-                img, lab = augment_patch(img, lab, rng, kind=kind)
+                img, lab = augment_patch(img, lab, rng, kind=self.augment)
             x[b], y[b] = img, lab
         return x, y
 
