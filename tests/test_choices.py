@@ -67,6 +67,10 @@ def test_a_test_difference_above_the_margin_is_explained_naming_class_and_cause(
     assert "-0.200" in text and "white" in text and "largest-component rule" in text
     same = explain_difference(default, default, DEFAULT, 0.005)
     assert "within the margin" in same
+    better = {"classes": classes, "unet": {"mean_iou": 0.87, "iou": [0.9, 0.86, 0.88]}}
+    text = explain_difference(default, better, {"overlap": 0.5, "tta": "mirror", "keep_largest": []}, 0.005)
+    assert "raise" in text and "+0.020" in text and "test-time mirroring" in text and "holds" in text
+    assert "white (IoU +0.030)" in text and "fail" not in text  # 06 once said a gain "can fail"
 
 
 class _CountingModel:
