@@ -1,8 +1,8 @@
 """Issue 31: a folder of one labelled scan (the user's one labelled volume), zero code, through the
 notebooks whose work depends on the split: 01 (the slabs it prints), 04 (training on one case's
 slabs), 05 (scoring its test slab) and 06 (choosing on its validation slab, scoring the test slab
-once, segmenting the new scans). 03 and 07 read a folder of one case as they read a folder of two
-(``test_course_two_cases.py`` runs them): one case's image, the first new scan.
+once, segmenting the new scans). 03 and 07 read a folder of one case as they read any other
+(``test_course_real_export.py`` runs them): one case's image, the first new scan.
 """
 
 import json

@@ -1,19 +1,20 @@
 """Issues 12, 19 and 31: a folder of two cases (a DICOM series and a NIfTI case whose label map is
-stored in another orientation) through every notebook that reads the dataset, zero code (01 once
+stored in another orientation) through every notebook that reads its cases, zero code (01 once
 crashed on it: a slab split has no "train" key); then ``python -m helpers.predict`` on the model
-06 trained: new scans, a corrupt one, colliding outputs, mirroring and the largest component.
+04 trained: new scans, a corrupt one, colliding outputs, mirroring and the largest component.
+
+03 and 07 are left out: they read one preprocessed case and one new NIfTI scan, which they do the
+same way for every folder; ``test_course_real_export.py`` runs them on a folder of two channels.
 
 The tests run in order on one worker (``make test``'s ``--dist loadfile``): the first runs the
 course, the rest use its model.
 """
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from course_checks import few_cases_course, predict_in_process
+from course_checks import READS_THE_DATASET, few_cases_course, predict_in_process
 
 from helpers.results import write_summary
 
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.notebooks
 def two_cases(tmp_path_factory):
     base = tmp_path_factory.mktemp("two-cases")
     root, out = base / "TwoCores", base / "course"
-    printed = few_cases_course(root, out, ["core04", "core05"])
+    reads_cases = tuple(n for n in READS_THE_DATASET if n not in ("03_model", "07_large_volumes"))
+    printed = few_cases_course(root, out, ["core04", "core05"], reads_cases)
     return {
         "root": root,
         "out": out,
@@ -95,25 +97,18 @@ def test_predict_reports_a_corrupt_scan_and_still_segments_the_good_one(two_case
     assert "1 of 3 scans segmented" in out
 
 
-def test_predict_refuses_colliding_outputs_and_unknown_classes_before_running(two_cases, tmp_path):
+def test_predict_refuses_colliding_outputs_and_unknown_classes_before_running(two_cases, tmp_path, capsys):
     good = two_cases["root"] / "imagesTs" / "core90_0000.nii.gz"
     (tmp_path / "a").mkdir()
     twin = tmp_path / "a" / "core90.npz"
     twin.write_bytes(b"never read")
-    args = [sys.executable, "-m", "helpers.predict", str(two_cases["run"])]
-    clash = subprocess.run(
-        [*args, str(good), str(twin), "-o", str(tmp_path / "o")], capture_output=True, text=True, timeout=300
-    )
-    assert clash.returncode == 2 and "overwrite each other" in clash.stderr
-    assert str(good) in clash.stderr and str(twin) in clash.stderr
+    code, _, err = predict_in_process(capsys, two_cases["run"], good, twin, "-o", tmp_path / "o")
+    assert code == 2 and "overwrite each other" in err
+    assert str(good) in err and str(twin) in err
     assert not (tmp_path / "o").exists()
-    classes = subprocess.run(
-        [*args, str(good), "-o", str(tmp_path / "o"), "--keep-largest", "9"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert classes.returncode == 2 and "--keep-largest names class(es) [9]" in classes.stderr
+    out = tmp_path / "o"
+    code, _, err = predict_in_process(capsys, two_cases["run"], good, "-o", out, "--keep-largest", "9")
+    assert code == 2 and "--keep-largest names class(es) [9]" in err
     assert not list((tmp_path / "o").glob("*"))
 
 
