@@ -102,14 +102,14 @@ def test_predict_refuses_colliding_outputs_and_unknown_classes_before_running(tw
     (tmp_path / "a").mkdir()
     twin = tmp_path / "a" / "core90.npz"
     twin.write_bytes(b"never read")
-    code, _, err = predict_in_process(capsys, two_cases["run"], good, twin, "-o", tmp_path / "o")
+    out = tmp_path / "o"
+    code, _, err = predict_in_process(capsys, two_cases["run"], good, twin, "-o", out)
     assert code == 2 and "overwrite each other" in err
     assert str(good) in err and str(twin) in err
-    assert not (tmp_path / "o").exists()
-    out = tmp_path / "o"
+    assert not out.exists()
     code, _, err = predict_in_process(capsys, two_cases["run"], good, "-o", out, "--keep-largest", "9")
     assert code == 2 and "--keep-largest names class(es) [9]" in err
-    assert not list((tmp_path / "o").glob("*"))
+    assert not list(out.glob("*"))
 
 
 def test_predict_with_mirroring_and_largest_component(two_cases, tmp_path, capsys):
