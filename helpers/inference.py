@@ -8,16 +8,19 @@ later window can touch a slab of Z it is finalised (normalised, or argmaxed for
 ``output="labels"``) and written out, so the working memory is
 O(patch depth x Y x X x n_classes) rather than O(volume x n_classes).
 
-Three things overlap, as nnU-Net's predictor does: a producer thread cuts the next
-batches while the model runs, and a stitcher thread adds batch k while the model
-predicts batch k + 1. NumPy and the Keras backends release the GIL in their heavy calls.
+Where the model frees the CPU while it runs (a GPU), three things overlap, as nnU-Net's
+predictor does: a producer thread cuts the next batches while the model runs, and a
+stitcher thread adds batch k while the model predicts batch k + 1. NumPy and the Keras
+backends release the GIL in their heavy calls. A model that computes on the CPU runs
+with cutting and stitching after it instead, which is faster on few cores
+(:func:`_frees_cpu`).
 
 :func:`predict_volume` is a sequence of steps, each a function of its own:
 :func:`_options` (every argument check), :func:`_windows` (the grid, or the part of it a
 ``region`` needs), :func:`_cut_batch` (windows into a batch buffer, padded),
 :class:`_Predictor` (the model on a batch, mirrored and checked), and the merging
 :class:`helpers.stitching._Stitcher`, built on the first output; :func:`_run_sequential`
-or :func:`_run_pipelined` drives them.
+or :func:`_run_pipelined` drives them (after :func:`_run_probe` for a callable model).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import itertools
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -85,13 +89,33 @@ def _predict_fn(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     return call
 
 
-def _worth_pipelining(model: Any) -> bool:
-    """Whether the model frees the CPU while it runs (a GPU, a sleep, a remote call)."""
+#: A callable model's first calls run before the choice to pipeline; the last of them is timed
+#: (the first may compile or warm caches).
+PROBE_BATCHES = 2
+
+
+def _worth_pipelining(model: Any) -> bool | None:
+    """Whether the model frees the CPU while it runs (a GPU, a sleep, a remote call): a Keras
+    model does when a GPU is visible; for a callable None, measured by :func:`_frees_cpu`."""
     if hasattr(model, "predict_on_batch"):
         from helpers.model import gpu_count
 
         return gpu_count() > 0
-    return True
+    return None
+
+
+def _frees_cpu(wall: float, cpu: float) -> bool:
+    """Whether a model call that took ``wall`` seconds, while this process used ``cpu`` seconds
+    of CPU, left the CPU free for cutting and stitching: under half a core busy on average.
+
+    A model that computes on the CPU (NumPy, Keras or torch without a GPU) keeps a core or
+    more busy; overlapping cutting and stitching with it then only makes them compete for
+    the cores (on 2 cores a NumPy stand-in ran 15-30 % slower pipelined, docs/benchmarks.md).
+
+    >>> _frees_cpu(0.040, 0.001), _frees_cpu(0.007, 0.007)
+    (True, False)
+    """
+    return cpu < 0.5 * wall
 
 
 def check_mirror_axes(tta: str | None, mirror_axes: Sequence[int]) -> tuple[int, ...]:
@@ -316,8 +340,11 @@ def predict_volume(
     pipeline : bool, optional
         Cut, predict and stitch in three overlapping threads, or one after the other on
         this thread; the result is bit-identical either way. By default the threads
-        overlap unless the model is a Keras model with no GPU to run on: it then keeps
-        every core busy itself, and threads beside it slowed it by 2-3 %.
+        overlap only where the model frees the CPU while it runs: a Keras model when a
+        GPU is visible (without one it keeps every core busy itself, and threads beside
+        it slowed it by 2-3 %); a callable when the second of its first
+        :data:`PROBE_BATCHES` calls kept under half a core busy on average (a GPU, a
+        sleep, a remote call). A callable that computes on the CPU runs sequentially.
     threads : int, optional
         Threads that share the stitching arithmetic (default: cores, at most 4).
     out : writable array, optional
@@ -346,18 +373,15 @@ def predict_volume(
     n_in = int(volume.shape[3]) if len(volume.shape) == 4 else 1
     _check_model_input(model, opts.patch, n_in)
     predictor = _Predictor(_predict_fn(model), opts, out)
-    threaded = _worth_pipelining(model) if pipeline is None else pipeline
-    deep = (
-        threaded and out is None
-    )  # a ring one step deeper keeps pace with the model; with out=, memory first
-    depth = opts.patch[0] + (_z_step(windows) if deep else 0)
+    threaded = _worth_pipelining(model) if pipeline is None else pipeline  # None: measured
     groups = [windows[i : i + opts.batch_size] for i in range(0, len(windows), opts.batch_size)]
     source = _Source(volume)
     ring = [np.empty((opts.batch_size, *opts.patch, n_in), dtype=np.float32) for _ in range(RING_DEPTH)]
     stitchers: list[_Stitcher] = []  # built on the first output, which gives the number of classes
 
     def stitch(k: int, pred: np.ndarray) -> None:
-        if not stitchers:
+        if not stitchers:  # a ring one step deeper keeps pace with a pipelined model; with out=, memory first
+            depth = opts.patch[0] + (_z_step(windows) if threaded and out is None else 0)
             args = (shape, windows, pred.shape[-1], opts.weights, output, out, opts.threads, crop, depth)
             stitchers.append(_Stitcher(*args))
         stitchers[0].add(pred, groups[k])
@@ -365,15 +389,20 @@ def predict_volume(
     from tqdm.auto import tqdm
 
     with tqdm(total=len(windows), disable=not progress, desc="predict_volume", unit="patch") as bar:
+        stages = (
+            lambda k, slot: _cut_batch(source, groups[k], shape, ring[slot], opts.pad_value),
+            lambda k, slot: predictor(k, ring[slot]),
+            stitch,
+            lambda k: bar.update(len(groups[k])),
+        )
         try:
+            first = 0
+            if threaded is None:  # a callable: its first batches run first, the last call is timed
+                first = min(PROBE_BATCHES, len(groups))
+                _run_probe(first, *stages)
+                threaded = _frees_cpu(*predictor.last_call)
             runner = _run_pipelined if threaded else _run_sequential
-            runner(
-                len(groups),
-                lambda k, slot: _cut_batch(source, groups[k], shape, ring[slot], opts.pad_value),
-                lambda k, slot: predictor(k, ring[slot]),
-                stitch,
-                lambda k: bar.update(len(groups[k])),
-            )
+            runner(len(groups), *stages, first=first)
             return stitchers[0].finish()
         finally:
             if stitchers:
@@ -466,6 +495,7 @@ class _Predictor:
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], opts: _Options, out: Any) -> None:
         self.predict, self.opts, self.out = predict, opts, out
         self.n_out: int | None = None  # the classes of the first output: every later one must match
+        self.last_call = (0.0, 0.0)  # the last model call's wall and CPU seconds (this process)
 
     def __call__(self, k: int, batch: np.ndarray) -> np.ndarray:
         flips = self.opts.flips
@@ -480,7 +510,9 @@ class _Predictor:
         return total / np.float32(len(flips))
 
     def _checked(self, k: int, batch: np.ndarray) -> np.ndarray:
+        wall, cpu = time.perf_counter(), time.process_time()
         pred = self.predict(batch)
+        self.last_call = (time.perf_counter() - wall, time.process_time() - cpu)
         self.n_out = _check_prediction(pred, batch, k * self.opts.batch_size, self.n_out, self.opts, self.out)
         return pred
 
@@ -509,16 +541,33 @@ def _check_prediction(
 Stage = Callable[[int, int], Any]
 
 
-def _run_sequential(n: int, fill: Stage, predict: Stage, stitch: Callable, done: Callable) -> None:
-    """Cut, predict and stitch each batch in turn on this thread, in ring slot 0."""
+def _run_probe(n: int, fill: Stage, predict: Stage, stitch: Callable, done: Callable) -> None:
+    """Cut and predict the first ``n`` batches (ring slots 0..n-1), then stitch them: the
+    stitcher is built once the model's calls have been timed (its depth depends on the choice)."""
+    preds = []
     for k in range(n):
+        fill(k, k)
+        preds.append(predict(k, k))
+    for k, pred in enumerate(preds):
+        stitch(k, pred)
+        done(k)
+
+
+def _run_sequential(
+    n: int, fill: Stage, predict: Stage, stitch: Callable, done: Callable, first: int = 0
+) -> None:
+    """Cut, predict and stitch batches ``first``..n-1 in turn on this thread, in ring slot 0."""
+    for k in range(first, n):
         fill(k, 0)
         stitch(k, predict(k, 0))
         done(k)
 
 
-def _run_pipelined(n: int, fill: Stage, predict: Stage, stitch: Callable, done: Callable) -> None:
-    """Producer thread -> model on this thread -> stitcher thread, over a ring of batch buffers.
+def _run_pipelined(
+    n: int, fill: Stage, predict: Stage, stitch: Callable, done: Callable, first: int = 0
+) -> None:
+    """Producer thread -> model on this thread -> stitcher thread, over a ring of batch buffers,
+    for batches ``first``..n-1.
 
     ``fill(k, slot)`` cuts batch k into ring slot ``slot``; ``predict(k, slot)`` returns
     what ``stitch(k, item)`` adds. A slot goes back to the producer only once its batch
@@ -546,13 +595,13 @@ def _run_pipelined(n: int, fill: Stage, predict: Stage, stitch: Callable, done: 
         return run
 
     def produce() -> None:
-        for k in range(n):
+        for k in range(first, n):
             slot = _get(free, stop)
             fill(k, slot)
             _put(ready, slot, stop)
 
     def consume() -> None:
-        for k in range(n):
+        for k in range(first, n):
             slot, item = _get(predicted, stop)
             stitch(k, item)
             del item
@@ -565,7 +614,7 @@ def _run_pipelined(n: int, fill: Stage, predict: Stage, stitch: Callable, done: 
     for w in workers:
         w.start()
     try:
-        for k in range(n):
+        for k in range(first, n):
             slot = _get(ready, stop)
             item = predict(k, slot)
             _put(predicted, (slot, item), stop)

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from helpers.memory import zeros
 from helpers.patches import Window, clip_window
 
 Output = Literal["probabilities", "labels"]
@@ -78,7 +79,7 @@ def _x_bands(windows: Sequence[Window], width: int, threads: int) -> list[tuple[
 def _row_weight_sum(row: Sequence[Window], weights: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Summed blend weights of one row of windows (all Y, X starts at one Z start): (pz, Y, X) float32."""
     depth = min(weights.shape[0], shape[0])
-    block = np.zeros((depth, *shape[1:]), np.float32)
+    block = zeros((depth, *shape[1:]), np.float32)
     for window in row:
         inside, local = clip_window(window, shape)
         block[(slice(None), *inside[1:])] += weights[local]
@@ -204,8 +205,8 @@ def _argmax_slices(
 def _new_result(kept: tuple[int, ...], n_classes: int, output: Output) -> np.ndarray:
     """The array a stitcher writes into without ``out=``: labels, or channel-first probabilities."""
     if output == "labels":
-        return np.zeros(kept, dtype=np.uint8 if n_classes <= 256 else np.int32)
-    return np.zeros((n_classes, *kept), dtype=np.float32)
+        return zeros(kept, np.uint8 if n_classes <= 256 else np.int32)
+    return zeros((n_classes, *kept), np.float32)
 
 
 class _Threads:
@@ -276,9 +277,9 @@ class _Stitcher:
         self.depth = min(depth or patch[0], shape[0])
         self.base, self.requested, self.last_row = 0, 0, -1
         plane = (self.depth, *shape[1:])
-        self.acc = np.zeros((n_classes, *plane), np.float32)
+        self.acc = zeros((n_classes, *plane), np.float32)  # pages mapped at once (helpers.memory)
         normalise = weights is not None and (output == "probabilities" or n_classes == 1)
-        self.wsum = np.zeros(plane, np.float32) if normalise else None
+        self.wsum = zeros(plane, np.float32) if normalise else None
         self.row_weights: np.ndarray | None = None  # _row_weight_sum of self.row, once needed
         self.threads = max(1, min(threads, shape[2]))
         self.whole, self.banded, self.fixed_bands = _share_planes(n_classes, self.threads, shape[2])
