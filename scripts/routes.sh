@@ -7,7 +7,11 @@
 #   binder/requirements.txt`, then binder/postBuild (HOME in the route's folder, where postBuild
 #   writes its IPython kernel config). Each notebook runs inside a memory cgroup of ROUTES_MEMORY
 #   bytes (2e9, mybinder's 2 GB): cgroup v2 or v1 written as root, else `systemd-run --scope`.
-#   Its peak (the cgroup's own count, page cache included) goes to .routes/binder/peaks.tsv.
+#   .routes/binder/peaks.tsv gets, per notebook, in MB: the cgroup's own peak ("all": page cache
+#   included, which the kernel reclaims at the limit, so a notebook that writes files reaches it),
+#   the peak of its processes' anonymous memory ("anon", what cannot be reclaimed; the cgroup's
+#   count read every 0.2 s) and the largest one process's peak resident set ("rss"), and the OOM
+#   kills.
 # colab: Python 3.12 with colab/preinstalled.txt installed (Colab's versions), then what the
 #   notebooks' setup cell runs (scripts/colab_setup.py); fails if that changed any preinstalled
 #   version. The notebooks run without a memory limit (Colab's free tier has about 12 GB).
@@ -27,23 +31,37 @@ limit="${ROUTES_MEMORY:-2000000000}"
 python311="${PYTHON311:-python3.11}"
 python312="${PYTHON312:-python3.12}"
 
+# sample_anon STAT KEY OUT: every 0.2 s while STAT exists, write the largest KEY value of the
+# cgroup's memory.stat seen so far to OUT (bytes). Runs until killed.
+sample_anon() {
+    local stat="$1" key="$2" out="$3" max=0 v
+    while [ -e "$stat" ]; do
+        v="$(awk -v k="$key" '$1 == k { print $2 }' "$stat" 2> /dev/null)"
+        if [ -n "$v" ] && [ "$v" -gt "$max" ]; then max="$v" && echo "$max" > "$out"; fi
+        sleep 0.2
+    done
+}
+
 # in_cgroup NAME PEAK_FILE COMMAND...: run COMMAND in a fresh memory cgroup of $limit bytes and
-# write its peak usage in bytes to PEAK_FILE ("unknown" where only systemd-run could limit it).
+# write "all=MB anon=MB oom_kill=N" to PEAK_FILE (see the header; "unknown" where only
+# systemd-run could limit it).
 in_cgroup() {
-    local name="$1" peak="$2" cg rc=0
+    local name="$1" peak="$2" cg rc=0 sampler all kills
     shift 2
     if [ -f /sys/fs/cgroup/cgroup.controllers ] && [ -w /sys/fs/cgroup ]; then
         cg="/sys/fs/cgroup/routes-$name-$$"
         mkdir "$cg" && echo "$limit" > "$cg/memory.max"
+        sample_anon "$cg/memory.stat" anon "$peak.anon" & sampler=$!
         (echo "$BASHPID" > "$cg/cgroup.procs" && exec "$@") || rc=$?
-        cat "$cg/memory.peak" > "$peak" 2>/dev/null || echo unknown > "$peak"
-        grep -h oom_kill "$cg/memory.events" >> "$peak" || true
+        all="$(cat "$cg/memory.peak" 2> /dev/null || echo 0)"
+        kills="$(awk '$1 == "oom_kill" { print $2 }' "$cg/memory.events")"
     elif [ -d /sys/fs/cgroup/memory ] && [ -w /sys/fs/cgroup/memory ]; then
         cg="/sys/fs/cgroup/memory/routes-$name-$$"
         mkdir "$cg" && echo "$limit" > "$cg/memory.limit_in_bytes"
+        sample_anon "$cg/memory.stat" total_rss "$peak.anon" & sampler=$!
         (echo "$BASHPID" > "$cg/cgroup.procs" && exec "$@") || rc=$?
-        cat "$cg/memory.max_usage_in_bytes" > "$peak"
-        grep -h oom_kill "$cg/memory.oom_control" >> "$peak" || true
+        all="$(cat "$cg/memory.max_usage_in_bytes")"
+        kills="$(awk '$1 == "oom_kill" { print $2 }' "$cg/memory.oom_control")"
     elif command -v systemd-run > /dev/null && systemd-run --scope --quiet -p MemoryMax=1G true 2> /dev/null; then
         systemd-run --scope --quiet -p MemoryMax="$limit" "$@" || rc=$?
         echo unknown > "$peak"
@@ -52,7 +70,10 @@ in_cgroup() {
         echo "routes: no memory cgroup can be made here (needs root, or systemd-run)" >&2
         return 2
     fi
-    rmdir "$cg" 2>/dev/null || true
+    kill "$sampler" 2> /dev/null || true
+    wait "$sampler" 2> /dev/null || true
+    echo "all=$((all / 1000000)) anon=$(($(cat "$peak.anon" 2> /dev/null || echo 0) / 1000000)) oom_kill=${kills:-?}" > "$peak"
+    rmdir "$cg" 2> /dev/null || true
     return $rc
 }
 
@@ -63,14 +84,17 @@ run_notebooks() {
     mkdir -p "$out/executed"
     : > "$work/$route/peaks.tsv"
     for name in "${notebooks[@]}"; do
-        local cmd=("$python" -c 'import sys
+        local cmd=("$python" -c 'import resource, sys
 from helpers.runner import execute_notebook
 seconds = execute_notebook(sys.argv[1], {"profile": "quick", "dataset": "sandstone", "output_dir": sys.argv[2]}, sys.argv[3])
-print(f"{sys.argv[1]}: {seconds:.0f} s")' "$name" "$out" "$out/executed/$name.ipynb")
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1000  # kB: the largest process (the kernel)
+print(f"{sys.argv[1]}: {seconds:.0f} s, largest process {rss:.0f} MB")
+open(sys.argv[3] + ".rss", "w").write(f"rss={rss:.0f}")' "$name" "$out" "$out/executed/$name.ipynb")
         echo "[$route] $name"
         if [ "$limited" = yes ]; then
             in_cgroup "$route-$name" "$out/$name.peak" "${cmd[@]}" || failed=1
-            printf '%s\t%s\n' "$name" "$(tr '\n' ' ' < "$out/$name.peak")" | tee -a "$work/$route/peaks.tsv"
+            printf '%s\t%s %s\n' "$name" "$(cat "$out/$name.peak")" "$(cat "$out/executed/$name.ipynb.rss" 2> /dev/null)" \
+                | tee -a "$work/$route/peaks.tsv"
         else
             "${cmd[@]}" || failed=1
         fi
