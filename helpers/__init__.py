@@ -26,7 +26,8 @@ One module per job, data flowing one way:
 - ``metrics``, ``evaluation`` (scores per case at native resolution), ``viz``;
 - ``results`` (the metrics records and ``summary.md``), ``runner`` (``make run``).
 
-``experiment`` is the notebooks' thin glue: :func:`~helpers.experiment.prepare` (the
+``kernel_output`` keeps C libraries' output out of Jupyter cells; ``experiment`` is the
+notebooks' thin glue: :func:`~helpers.experiment.prepare` (the
 dataset of a parameter set), ``patch_shape``, ``make_samplers``, ``start_run``
 (``model.json``), ``train_from_params``, ``ensure_model`` and ``load_trained``.
 
@@ -35,12 +36,12 @@ the user has not, the environment TensorFlow reads when it loads (:data:`KERNEL_
 :func:`helpers.config.kernel_env`): its C++ log lines off, its oneDNN kernels on x86 CPUs (see
 below), and on a small-memory machine such as mybinder's its threads and malloc arenas capped.
 ``helpers.runner``'s notebook kernels inherit it; in Jupyter, Colab or Binder a notebook's first
-cell imports helpers, before TensorFlow. What cannot be set from inside a kernel: the few lines
-TensorFlow writes through absl before its logging starts ("oneDNN custom operations are on",
-"Could not find cuda drivers") whatever ``TF_CPP_MIN_LOG_LEVEL`` says. ``helpers.runner``'s
-kernels send them to a log (``--IPKernelApp.capture_fd_output=False``); Binder's image sets that
-in ``ipython_kernel_config.py`` (``binder/postBuild``); elsewhere they show once, under the cell
-that imports TensorFlow.
+cell imports helpers, before TensorFlow. The few lines TensorFlow writes through absl before
+its logging starts ("oneDNN custom operations are on", "Could not find cuda drivers") ignore
+``TF_CPP_MIN_LOG_LEVEL``; in a Jupyter kernel this import sends what C libraries write to the
+kernel's log instead of the cell (``helpers.kernel_output``), as ``helpers.runner``'s kernels
+(``--IPKernelApp.capture_fd_output=False``) and Binder's ``ipython_kernel_config.py`` do from
+the start.
 
 Axis convention, used by every helper and notebook: a volume array is indexed
 ``[z, y, x]`` (or ``[z, y, x, channel]``), slices first, like a TIFF or DICOM
@@ -82,3 +83,9 @@ for _key, _value in KERNEL_ENV.items():
     KERNEL_ENV[_key] = _os.environ.setdefault(_key, _value)
 if "MALLOC_ARENA_MAX" in KERNEL_ENV:
     _limit_malloc_arenas(int(KERNEL_ENV["MALLOC_ARENA_MAX"]))
+
+# In a Jupyter kernel, what C libraries write to file descriptors 1 and 2 (TensorFlow's absl
+# lines at import) goes to the kernel's log, not into the cell (helpers.kernel_output).
+from helpers.kernel_output import release_fd_capture as _release_fd_capture  # noqa: E402
+
+_release_fd_capture()
