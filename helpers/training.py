@@ -45,8 +45,35 @@ def inference_copy(model: keras.Model) -> keras.Model:
     42.6 M-parameter U-Net (``keras.models.clone_model`` keeps the optimizer).
     """
     copy = keras.Model.from_config(model.get_config())
-    copy.set_weights(model.get_weights())
+    copy_weights(model, copy)
     return copy
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Give ``target`` (the same architecture) ``source``'s weights, one variable at a time:
+    ``target.set_weights(source.get_weights())`` would first copy all of them to NumPy at once
+    (171 MB more at the peak for the U-Net, which a 2 GB Binder container cannot spare)."""
+    for to, value in zip(target.weights, source.weights, strict=True):
+        to.assign(value)
+
+
+def save_keras(model: keras.Model, path: str | os.PathLike[str]) -> None:
+    """``model.save(path)``; on a small-memory machine its weights go through a temporary file
+    beside ``path``, not memory. Keras asks psutil whether the weights fit in available memory,
+    and psutil reads the whole host's, not a container's limit (mybinder's 2 GB): without this,
+    saving the U-Net's ``.keras`` holds its 171 MB of weights in memory once more."""
+    from helpers.config import SMALL_MEMORY_MB, memory_limit_mb
+
+    saving = getattr(getattr(keras.src, "saving", None), "saving_lib", None)
+    check = getattr(saving, "is_memory_sufficient", None)
+    if check is None or memory_limit_mb() >= SMALL_MEMORY_MB:
+        model.save(path)
+        return
+    saving.is_memory_sufficient = lambda _model: False
+    try:
+        model.save(path)
+    finally:
+        saving.is_memory_sufficient = check
 
 
 #: Defaults for how often the weights and optimizer state are saved (a state commit): every
@@ -141,13 +168,13 @@ class RunCheckpoint(keras.callbacks.Callback):
             if self._export is None:
                 self._export = inference_copy(self.model)
             else:
-                self._export.set_weights(self.model.get_weights())
+                copy_weights(self.model, self._export)
             self._unwritten = epoch
         stopping = bool(getattr(self.model, "stop_training", False))
         state = self._state_due(epoch + 1, stopping)
         if self._unwritten is not None and (state or self._last(epoch + 1, stopping)):
             with atomic_path(candidate_path(self.run_dir, self._unwritten)) as tmp:
-                self._export.save(tmp)
+                save_keras(self._export, tmp)
             self._unwritten = None
         if state:
             with atomic_path(weights_path(self.run_dir, epoch + 1)) as tmp:

@@ -172,6 +172,37 @@ def test_best_model_file_holds_no_optimizer_state(tmp_path):
     assert np.allclose(load_model(tmp_path / "best.keras").predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+@pytest.mark.parametrize("memory_mb", ["2048", ""])
+def test_a_small_machine_saves_a_keras_file_without_its_weights_in_memory(tmp_path, monkeypatch, memory_mb):
+    """Issue 34: Keras holds a .keras file's weights in memory while it writes them when psutil
+    says the host has room, and psutil reads the host, not a 2 GB container's limit. save_keras
+    sends them through a temporary file on a small machine, leaves Keras as it was, and the
+    file loads with the same weights either way."""
+    import keras
+    from keras.src.saving import saving_lib
+
+    from helpers.training import save_keras
+
+    monkeypatch.setenv("COURSE_MEMORY_MB", memory_mb)
+    stores = []
+    original_store = saving_lib.H5IOStore
+
+    class Spy(original_store):
+        def __init__(self, path_or_io, *args, archive=None, **kwargs):
+            stores.append("memory" if archive is not None else "file")
+            super().__init__(path_or_io, *args, archive=archive, **kwargs)
+
+    monkeypatch.setattr(saving_lib, "H5IOStore", Spy)
+    inputs = keras.Input((8, 8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Conv3D(2, 3, padding="same")(inputs))
+    check = saving_lib.is_memory_sufficient
+    save_keras(model, tmp_path / "best.keras")
+    assert stores == (["file"] if memory_mb else ["memory"])
+    assert saving_lib.is_memory_sufficient is check
+    loaded = load_model(tmp_path / "best.keras")
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True))
+
+
 def test_seconds_per_epoch_counts_only_the_epochs_this_call_trained(tmp_path):
     import json
 
