@@ -1,34 +1,42 @@
-"""Whole-volume stitching: speed and memory of predict_volume against a frozen baseline, a floor and patchify.
+"""Whole-volume stitching: predict_volume's speed and memory against MONAI, a frozen baseline and patchify.
 
-Run: ``.venv/bin/python benchmarks/stitching.py`` (about 3 minutes on 2 cores).
+Run: ``.venv/bin/python benchmarks/stitching.py`` (about 4 minutes on 2 cores; with
+``--monai-python`` about 6).
 
-For a float32 volume, 3 classes, 64^3 patches, overlap 0.5, batch 8 and an identity-like
-model (it broadcasts its input to 3 channels, so the model itself costs nothing), it prints,
-all measured in the same run:
+For a float32 volume, 3 classes, 64^3 patches, overlap 0.5, batch 8 and a stand-in model that
+returns a fresh array, as a real model does (its input repeated to 3 channels: ``np.repeat``
+channel-last for the course, ``Tensor.repeat`` channel-first for MONAI; each side's time in
+its model is reported), it prints, all measured in the same run:
 
-(a) voxels per second of ``predict_volume``;
+(a) seconds of ``predict_volume`` (median of ``--repeats`` fresh processes, with the range),
+    and its kernel (system) CPU time and page faults, the costs of first touching memory;
 (b) its speed-up over the frozen baseline, ``frozen_predict_volume.py``: a short
     reimplementation of the channel-last, one-thread stitching that shipped at a4f303f
-    (the same outputs, bit for bit, and the same operations);
-(c) its time over the contiguous floor: the same number of patch-sized weighted adds,
-    one class plane at a time into a channel-first (C, Z, Y, X) accumulator, in plain
-    NumPy on one thread with a precomputed prediction;
-(d) peak resident memory above the input, as a multiple of the input's bytes, for
-    ``output="labels"`` and ``"probabilities"``, at 384^3 and 256^3;
-(e) the patchify -> model -> unpatchify route (no blending: unpatchify keeps only the
-    non-overlapping patches);
-(f) with ``--monai-python PY`` (an interpreter with torch and monai, not course
+    (the same outputs, bit for bit, and the same operations), median over median;
+(c) with ``--monai-python PY`` (an interpreter with torch and monai, not course
     dependencies), MONAI's ``sliding_window_inference`` on the same volume and settings
-    (Gaussian, sigma = patch/8, a channel-first identity-like model on a CPU tensor).
+    (Gaussian, sigma = patch/8, a CPU tensor), alternating with the other sides run by run;
+    each side's imports are done before its clock starts;
+(d) peak resident memory above the input, as a multiple of the input's bytes;
+(e) its time over the contiguous floor: the same number of patch-sized weighted adds, one
+    class plane at a time into a channel-first (C, Z, Y, X) accumulator, in plain NumPy on
+    one thread with a precomputed prediction;
+(f) the patchify -> model -> unpatchify route (no blending: unpatchify keeps only the
+    non-overlapping patches).
 
-Each measurement runs in a fresh process; the peak is the kernel's high-water mark
-(VmHWM, reset through /proc/self/clear_refs after the input is built).
+Each measurement runs in a fresh process, started once the machine is idle (under
+``--idle-cores`` busy over half a second, waiting at most ``--idle-wait`` seconds; the
+report counts those that could not wait). The peak is the kernel's high-water mark (VmHWM,
+reset through /proc/self/clear_refs after the input is built).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -62,8 +70,15 @@ def make_volume(n: int) -> np.ndarray:
     return vol
 
 
+MODEL_SECONDS = [0.0]  # time spent inside the stand-in model, this process
+
+
 def identity_like(batch: np.ndarray) -> np.ndarray:
-    return np.broadcast_to(batch, (*batch.shape[:-1], CLASSES))
+    """The input repeated to 3 classes, a fresh channel-last array (the fastest NumPy way)."""
+    start = time.perf_counter()
+    out = np.repeat(batch, CLASSES, axis=-1)
+    MODEL_SECONDS[0] += time.perf_counter() - start
+    return out
 
 
 def run_predict(vol: np.ndarray, output: str) -> None:
@@ -119,7 +134,10 @@ def run_monai(vol: np.ndarray, output: str) -> None:
     from monai.inferers import sliding_window_inference
 
     def net(batch: torch.Tensor) -> torch.Tensor:
-        return batch.repeat(1, CLASSES, 1, 1, 1)  # MONAI scales the output in place: a real tensor
+        start = time.perf_counter()
+        out = batch.repeat(1, CLASSES, 1, 1, 1)  # a fresh tensor (MONAI scales the output in place)
+        MODEL_SECONDS[0] += time.perf_counter() - start
+        return out
 
     with torch.no_grad():
         probs = sliding_window_inference(
@@ -129,7 +147,22 @@ def run_monai(vol: np.ndarray, output: str) -> None:
             probs.argmax(1).to(torch.uint8)
 
 
+#: What each side imports before its clock starts (the measured call does not pay for imports).
+IMPORTS = {
+    "predict": ["helpers.inference", "tqdm.auto"],
+    "frozen": ["frozen_predict_volume", "tqdm.auto"],
+    "floor": ["helpers.patches"],
+    "patchify": ["patchify"],
+    "monai": ["torch", "monai.inferers"],
+}
+
+
 def worker(mode: str, n: int, output: str) -> dict:
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    for module in IMPORTS[mode]:
+        importlib.import_module(module)
     vol = make_volume(n)
     fn = {
         "predict": lambda: run_predict(vol, output),
@@ -140,94 +173,140 @@ def worker(mode: str, n: int, output: str) -> dict:
     }[mode]
     rss0 = _status_kb("VmRSS")
     _reset_peak()
+    use0 = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     fn()
     seconds = time.perf_counter() - start
+    use1 = resource.getrusage(resource.RUSAGE_SELF)
     extra = (_status_kb("VmHWM") - rss0) * 1024
     return {
         "mode": mode,
         "n": n,
         "output": output,
         "seconds": seconds,
+        "user": use1.ru_utime - use0.ru_utime,
+        "sys": use1.ru_stime - use0.ru_stime,
+        "faults": use1.ru_minflt - use0.ru_minflt + use1.ru_majflt - use0.ru_majflt,
+        "model": MODEL_SECONDS[0],
         "extra_over_input": extra / vol.nbytes,
     }
 
 
-def measure(mode: str, n: int, output: str = "probabilities", repeats: int = 1, python: str = "") -> dict:
-    best = None
-    for _ in range(repeats):
-        out = subprocess.run(
-            [python or sys.executable, __file__, "--worker", mode, str(n), output],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        res = json.loads(out.stdout.strip().splitlines()[-1])
-        if best is None or res["seconds"] < best["seconds"]:
-            best = res
-    return best
+def busy_cores(interval: float = 0.5) -> float:
+    """Cores busy on the whole machine over ``interval`` seconds (/proc/stat; 0 where unreadable)."""
+
+    def sample() -> tuple[int, int]:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        except OSError:
+            return 0, 0
+        return sum(fields), fields[3] + fields[4]  # all, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(interval)
+    total1, idle1 = sample()
+    if total1 == total0:
+        return 0.0
+    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
+def wait_idle(max_cores: float, max_wait: float) -> bool:
+    """Wait until under ``max_cores`` are busy, at most ``max_wait`` seconds; False if it never was."""
+    deadline = time.monotonic() + max_wait
+    while busy_cores() >= max_cores:
+        if time.monotonic() > deadline:
+            return False
+    return True
+
+
+def measure_once(
+    mode: str, n: int, output: str, python: str = "", idle: tuple[float, float] = (0.3, 60)
+) -> dict:
+    """One fresh process of ``mode``, started once the machine is idle (``idle``: cores, seconds)."""
+    was_idle = wait_idle(*idle)
+    out = subprocess.run(
+        [python or sys.executable, __file__, "--worker", mode, str(n), output],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "idle": was_idle}
+
+
+def summary(runs: list[dict]) -> dict:
+    """Medians of a list of runs, with the range of the seconds and how many started busy."""
+    keys = ("seconds", "user", "sys", "faults", "model", "extra_over_input")
+    med = {k: statistics.median(r[k] for r in runs) for k in keys}
+    times = [r["seconds"] for r in runs]
+    return {**med, "min": min(times), "max": max(times), "busy": sum(not r["idle"] for r in runs)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", nargs=3, metavar=("MODE", "N", "OUTPUT"))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="fresh processes per side, alternating")
     parser.add_argument("--monai-python", default="", help="an interpreter with torch and monai: adds MONAI")
     parser.add_argument("--sizes", type=int, nargs="+", default=[384, 256], help="volume edges (voxels)")
+    parser.add_argument("--idle-cores", type=float, default=0.3, help="busy cores under which a run starts")
+    parser.add_argument("--idle-wait", type=float, default=60, help="seconds to wait for that, per run")
     args = parser.parse_args()
     if args.worker:
         mode, n, output = args.worker
         print(json.dumps(worker(mode, int(n), output)))
         return
 
-    import os
     import platform
 
     from helpers.patches import sliding_windows
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}")
-    print(f"patch {PATCH}^3, overlap {OVERLAP}, {CLASSES} classes, batch {BATCH}, identity-like model\n")
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"
+    )
+    print(f"machine: {cpu}, {platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}")
+    print(f"patch {PATCH}^3, overlap {OVERLAP}, {CLASSES} classes, batch {BATCH}, a stand-in model that")
+    print(f"returns a fresh array; medians of {args.repeats} fresh processes per side, alternating\n")
+    idle = (args.idle_cores, args.idle_wait)
+    sides = ["predict", "frozen"] + (["monai"] * bool(args.monai_python))
     rows = []
-    monai = {}
     for n in args.sizes:
         windows = len(sliding_windows((n, n, n), PATCH, OVERLAP))
-        floor = measure("floor", n, repeats=args.repeats)
+        floor = measure_once("floor", n, "probabilities", idle=idle)
         for output in ("probabilities", "labels"):
-            new = measure("predict", n, output, repeats=args.repeats)
-            old = measure("frozen", n, output, repeats=args.repeats)
-            pf = measure("patchify", n, output, repeats=1)
-            if args.monai_python:
-                monai[n, output] = measure("monai", n, output, args.repeats, args.monai_python)
-            rows.append((n, windows, output, new, old, floor, pf))
+            runs: dict[str, list[dict]] = {side: [] for side in sides}
+            for _ in range(args.repeats):
+                for side in sides:
+                    python = args.monai_python if side == "monai" else ""
+                    runs[side].append(measure_once(side, n, output, python, idle))
+            pf = measure_once("patchify", n, output, idle=idle)
+            rows.append((n, windows, output, {k: summary(v) for k, v in runs.items()}, floor, pf))
     head = (
-        f"{'volume':>7s} {'windows':>7s} {'output':>13s} | {'Mvox/s':>7s} {'speed-up':>8s} {'vs floor':>8s} "
-        f"{'mem/input':>9s} | {'frozen s':>8s} {'mem/input':>9s} | {'patchify s':>10s} {'mem/input':>9s}"
+        f"{'volume':>7s} {'output':>13s} {'side':>8s} | {'median s':>8s} {'range s':>11s} {'user s':>6s} "
+        f"{'sys s':>5s} {'faults':>7s} {'model s':>7s} {'mem/input':>9s} | {'vs ours':>7s}"
     )
     print(head)
     print("-" * len(head))
-    for n, windows, output, new, old, floor, pf in rows:
-        print(
-            f"{n:>6d}³ {windows:>7d} {output:>13s} | {n**3 / new['seconds'] / 1e6:7.2f} "
-            f"{old['seconds'] / new['seconds']:8.2f} {new['seconds'] / floor['seconds']:8.2f} "
-            f"{new['extra_over_input']:9.2f} | {old['seconds']:8.2f} {old['extra_over_input']:9.2f} | "
-            f"{pf['seconds']:10.2f} {pf['extra_over_input']:9.2f}"
-        )
-    print("\nspeed-up: frozen baseline time / predict_volume time, same run")
-    print("  (target >= 3.5 for probabilities at 384³)")
-    print("vs floor: predict_volume time / one-thread channel-first weighted adds (precomputed prediction)")
-    print("mem/input: peak RSS above the input / input bytes (target: labels <= 1.5 at 384³)")
-    print("patchify: patchify -> model -> unpatchify per class (non-overlapping patches kept, no blending)")
-    if monai:
-        print("\nMONAI's sliding_window_inference, same volumes and settings, best of the repeats:\n")
-        print("| volume | output | predict_volume s | MONAI s | MONAI / ours | mem/input: ours | MONAI |")
-        print("|---|---|---|---|---|---|---|")
-        for n, _, output, new, *_ in rows:
-            m = monai[n, output]
-            ratio = m["seconds"] / new["seconds"]
+    for n, windows, output, sums, floor, pf in rows:
+        ours = sums["predict"]["seconds"]
+        for side, m in sums.items():
             print(
-                f"| {n}³ | {output} | {new['seconds']:.2f} | {m['seconds']:.2f} | {ratio:.2f} | "
-                f"{new['extra_over_input']:.2f} | {m['extra_over_input']:.2f} |"
+                f"{n:>6d}³ {output:>13s} {side:>8s} | {m['seconds']:8.2f} {m['min']:5.2f}-{m['max']:<5.2f} "
+                f"{m['user']:6.2f} {m['sys']:5.2f} {m['faults']:7.0f} {m['model']:7.2f} "
+                f"{m['extra_over_input']:9.2f} | {m['seconds'] / ours:7.2f}"
             )
+        print(
+            f"{'':>7s} {'':>13s} {'floor':>8s} | {floor['seconds']:8.2f}   "
+            f"(predict_volume / floor {ours / floor['seconds']:.2f}); patchify route {pf['seconds']:.2f} s, "
+            f"mem/input {pf['extra_over_input']:.2f}; {windows} windows"
+        )
+    busy = sum(m["busy"] for *_, sums, _, _ in rows for m in sums.values())
+    print("\nvs ours: the side's median time / predict_volume's median time, same output and size")
+    print("  (targets at 384³: frozen >= 2.5 for probabilities; MONAI >= 1 for probabilities, >= 4 labels)")
+    print("sys s, faults: kernel CPU time and page faults (minor + major) inside the measured call")
+    print("model s: time inside the stand-in model; mem/input: peak RSS above the input / input bytes")
+    print("  (target: labels <= 1.5 at 384³)")
+    print("floor: one-thread channel-first weighted adds, precomputed prediction")
+    print("patchify: patchify -> model -> unpatchify per class (non-overlapping patches kept, no blending)")
+    print(f"runs started busy (over {args.idle_cores} cores after {args.idle_wait:.0f} s of waiting): {busy}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,21 @@ def test_inference_pipeline_script_reports_both_routes():
     assert sequential > 1.0 and pipelined > 0.5
 
 
+def test_stitching_script_reports_each_side_with_its_kernel_time_and_faults():
+    out = run("benchmarks/stitching.py", "--sizes", "64", "--repeats", "1", "--idle-wait", "0")
+    rows = [line.split("|") for line in out.splitlines() if line.strip().startswith("64³")]
+    assert [(r[0].split()[1], r[0].split()[2]) for r in rows] == [
+        ("probabilities", "predict"),
+        ("probabilities", "frozen"),
+        ("labels", "predict"),
+        ("labels", "frozen"),
+    ]
+    for row in rows:  # median, range, user, sys, faults, model s, mem/input; then the ratio to ours
+        numbers = [float(x) for x in re.findall(r"\d+\.?\d*", row[1])]
+        assert len(numbers) == 8 and numbers[0] > 0 and numbers[5] > 0, row
+    assert "runs started busy" in out
+
+
 def test_out_of_core_script_reports_every_route(tmp_path):
     out = run("benchmarks/out_of_core.py", "--sizes", "64", "--workdir", str(tmp_path))
     routes = [line.split("|")[1].strip() for line in out.splitlines() if line.strip().startswith("64³")]
