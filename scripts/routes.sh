@@ -9,9 +9,8 @@
 #   bytes (2e9, mybinder's 2 GB): cgroup v2 or v1 written as root, else `systemd-run --scope`.
 #   .routes/binder/peaks.tsv gets, per notebook, in MB: the cgroup's own peak ("all": page cache
 #   included, which the kernel reclaims at the limit, so a notebook that writes files reaches it),
-#   the peak of its processes' anonymous memory ("anon", what cannot be reclaimed; the cgroup's
-#   count read every 0.2 s) and the largest one process's peak resident set ("rss"), and the OOM
-#   kills.
+#   and the peak of its processes' anonymous memory ("anon", what cannot be reclaimed; the
+#   cgroup's count read every 0.2 s), and the OOM kills.
 # colab: Python 3.12 with colab/preinstalled.txt installed (Colab's versions), then what the
 #   notebooks' setup cell runs (scripts/colab_setup.py); fails if that changed any preinstalled
 #   version. The notebooks run without a memory limit (Colab's free tier has about 12 GB).
@@ -84,17 +83,14 @@ run_notebooks() {
     mkdir -p "$out/executed"
     : > "$work/$route/peaks.tsv"
     for name in "${notebooks[@]}"; do
-        local cmd=("$python" -c 'import resource, sys
+        local cmd=("$python" -c 'import sys
 from helpers.runner import execute_notebook
 seconds = execute_notebook(sys.argv[1], {"profile": "quick", "dataset": "sandstone", "output_dir": sys.argv[2]}, sys.argv[3])
-rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1000  # kB: the largest process (the kernel)
-print(f"{sys.argv[1]}: {seconds:.0f} s, largest process {rss:.0f} MB")
-open(sys.argv[3] + ".rss", "w").write(f"rss={rss:.0f}")' "$name" "$out" "$out/executed/$name.ipynb")
+print(f"{sys.argv[1]}: {seconds:.0f} s")' "$name" "$out" "$out/executed/$name.ipynb")
         echo "[$route] $name"
         if [ "$limited" = yes ]; then
             in_cgroup "$route-$name" "$out/$name.peak" "${cmd[@]}" || failed=1
-            printf '%s\t%s %s\n' "$name" "$(cat "$out/$name.peak")" "$(cat "$out/executed/$name.ipynb.rss" 2> /dev/null)" \
-                | tee -a "$work/$route/peaks.tsv"
+            printf '%s\t%s\n' "$name" "$(cat "$out/$name.peak")" | tee -a "$work/$route/peaks.tsv"
         else
             "${cmd[@]}" || failed=1
         fi
