@@ -110,7 +110,7 @@ def _frees_cpu(wall: float, cpu: float) -> bool:
 
     A model that computes on the CPU (NumPy, Keras or torch without a GPU) keeps a core or
     more busy; overlapping cutting and stitching with it then only makes them compete for
-    the cores (on 2 cores a NumPy stand-in ran 15-30 % slower pipelined, docs/benchmarks.md).
+    the cores (on 2 cores a NumPy stand-in ran slower pipelined: docs/benchmarks.md, stitching.py).
 
     >>> _frees_cpu(0.040, 0.001), _frees_cpu(0.007, 0.007)
     (True, False)

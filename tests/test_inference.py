@@ -76,7 +76,7 @@ def _stitch_thread_alive() -> bool:
 def test_a_callable_is_pipelined_only_when_it_frees_the_cpu(frees_cpu, rng):
     """A model that sleeps (as a GPU call waits) gets the stitching thread beside it from its third
     call on; one that computes on the CPU runs with cutting and stitching after it (on 2 cores
-    pipelining a NumPy model was 15-30 % slower). The result is the same either way."""
+    pipelining a NumPy model was slower, docs/benchmarks.md). The result is the same either way."""
     v = rng.random((64, 64, 96)).astype(np.float32)
     seen = []
 
