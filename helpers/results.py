@@ -30,13 +30,14 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2))
 
 
-def record(params: dict[str, Any], section: str, data: dict[str, Any]) -> Path:
-    """Merge ``data`` under ``section`` into ``<output_dir>/metrics/<dataset>.json`` (for the summary)."""
+def record(params: dict[str, Any], section: str, data: dict[str, Any]) -> None:
+    """Merge ``data`` under ``section`` into ``<output_dir>/metrics/<dataset>.json`` (for the summary).
+    Returns nothing: a notebook cell ending with it shows no ``PosixPath(...)`` line."""
     path = Path(params["output_dir"]) / "metrics" / f"{dataset_label(params['dataset'])}.json"
     current = json.loads(path.read_text()) if path.exists() else {}
     current[section] = data
     current["profile"] = params["profile"]
-    return write_json(path, current)
+    write_json(path, current)
 
 
 def read_records(output_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:

@@ -311,13 +311,12 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str]) -> plt.Figure:
     return fig
 
 
-def savefig(fig: plt.Figure, name: str, output_dir: str | Path) -> Path:
-    """Save ``fig`` as ``<output_dir>/figures/<name>.png`` and return the path."""
+def savefig(fig: plt.Figure, name: str, output_dir: str | Path) -> None:
+    """Save ``fig`` as ``<output_dir>/figures/<name>.png``. Returns nothing, so that a notebook
+    cell ending with it shows the figure and no ``PosixPath(...)`` line."""
     folder = Path(output_dir) / "figures"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.png"
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    return path
+    fig.savefig(folder / f"{name}.png", dpi=90, bbox_inches="tight")
 
 
 def _check_viewer_inputs(

@@ -24,7 +24,8 @@ TENSORFLOW_NOISE = ("absl", "oneDNN", "cuda drivers")
 
 def run_clean(name: str, params: dict[str, Any], target: Path, demos: bool = True) -> float:
     """Execute notebook ``name`` with ``params`` into ``target``; assert that every cell ran
-    without an error, a traceback or TensorFlow's C++ log lines. Returns the seconds it took.
+    without an error, a traceback, TensorFlow's C++ log lines or a stray path as its result.
+    Returns the seconds it took.
 
     ``demos=False`` skips 04's overfit-one-batch check and its interrupted-and-resumed
     demo (more short fits of its model, with state commits), which the sandstone pass runs.
@@ -41,6 +42,8 @@ def run_clean(name: str, params: dict[str, Any], target: Path, demos: bool = Tru
     assert not [o for o in outputs if "Traceback" in o.get("text", "")]
     noise = [o["text"] for o in outputs if any(n in o.get("text", "") for n in TENSORFLOW_NOISE)]
     assert not noise, noise  # TensorFlow's C++ log stays in the kernel log (helpers.runner)
+    shown = [o["data"].get("text/plain", "") for o in outputs if o.get("output_type") == "execute_result"]
+    assert not [t for t in shown if t.startswith("PosixPath(")], shown  # savefig and record return nothing
     return seconds
 
 
