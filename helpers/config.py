@@ -308,6 +308,16 @@ def memory_limit_mb(meminfo: str | None = None, cgroup_limits: Sequence[str] | N
     return min(limits)
 
 
+def is_small_memory(limit_mb: float | None = None) -> bool:
+    """Whether a machine with ``limit_mb`` MB (by default :func:`memory_limit_mb`) is a
+    small-memory one: under :data:`SMALL_MEMORY_MB`, as mybinder's 2 GB containers are.
+
+    >>> is_small_memory(2048), is_small_memory(16384)
+    (True, False)
+    """
+    return (memory_limit_mb() if limit_mb is None else limit_mb) < SMALL_MEMORY_MB
+
+
 def _cgroup_limit_files(proc_cgroup: str) -> list[str]:
     """The cgroup memory-limit files that may apply to this process: the mounted root's, and those
     of its own cgroup as ``/proc/self/cgroup`` names it (v2 ``0::/path``, v1 ``N:memory:/path``)."""
@@ -334,7 +344,7 @@ def small_memory_params(params: dict[str, Any], explicit: Iterable[str], limit_m
     :data:`SMALL_MEMORY_MB` (``limit_mb``), a knob was not set explicitly and the profile's value
     is larger; ``params["small_memory"]`` says whether the machine is small, and
     ``params["memory_limit_mb"]`` what it has."""
-    small = limit_mb < SMALL_MEMORY_MB
+    small = is_small_memory(limit_mb)
     params = {**params, "small_memory": small, "memory_limit_mb": limit_mb}
     if small:
         for key, value in SMALL_MEMORY.items():
@@ -378,7 +388,7 @@ def kernel_env(
     env = {"TF_CPP_MIN_LOG_LEVEL": "3"}
     if (machine or platform.machine()).lower() in ("x86_64", "amd64"):
         env["TF_ENABLE_ONEDNN_OPTS"] = "1"
-    if (memory_limit_mb() if limit_mb is None else limit_mb) < SMALL_MEMORY_MB:
+    if is_small_memory(limit_mb):
         threads = str(min(cores or usable_cores(), SMALL_MEMORY_THREADS))
         env.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads)
         env["MALLOC_ARENA_MAX"] = str(SMALL_MEMORY_ARENAS)

@@ -62,11 +62,11 @@ def save_keras(model: keras.Model, path: str | os.PathLike[str]) -> None:
     beside ``path``, not memory. Keras asks psutil whether the weights fit in available memory,
     and psutil reads the whole host's, not a container's limit (mybinder's 2 GB): without this,
     saving the U-Net's ``.keras`` holds its 171 MB of weights in memory once more."""
-    from helpers.config import SMALL_MEMORY_MB, memory_limit_mb
+    from helpers.config import is_small_memory
 
     saving = getattr(getattr(keras.src, "saving", None), "saving_lib", None)
     check = getattr(saving, "is_memory_sufficient", None)
-    if check is None or memory_limit_mb() >= SMALL_MEMORY_MB:
+    if check is None or not is_small_memory():
         model.save(path)
         return
     saving.is_memory_sufficient = lambda _model: False
