@@ -32,13 +32,13 @@ def zeros(shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
 
     :func:`numpy.zeros` of a large array gets pages that are mapped in when first written,
     one fault each, and asks for 2 MiB huge pages (``madvise``); where Linux's transparent
-    huge pages are set to ``defrag=madvise`` (a common default), each of those faults may
-    first compact memory: whole seconds of kernel time for the result of a 384³ volume
-    (``benchmarks/stitching.py``, docs/benchmarks.md). Here an anonymous memory map
-    with ``MAP_POPULATE`` maps all of it at once in small pages: use it for an array that
-    will be written whole. Elsewhere (no ``MAP_POPULATE``: macOS, Windows), and below
-    :data:`POPULATE_MIN_BYTES`, this is :func:`numpy.zeros`. The memory is freed with the
-    last array that views it.
+    huge pages are set to ``defrag=madvise`` (as on the machine measured), each of those
+    faults may first compact memory: 1.1-1.4 s more kernel time for ``predict_volume`` on a
+    384³ volume of 3 classes, 2-core AMD EPYC (``benchmarks/stitching.py``, docs/benchmarks.md).
+    Here an anonymous memory map with ``MAP_POPULATE`` maps all of it at once in small pages:
+    use it for an array that will be written whole. Elsewhere (no ``MAP_POPULATE``: macOS,
+    Windows), and below :data:`POPULATE_MIN_BYTES`, this is :func:`numpy.zeros`. The memory is
+    freed with the last array that views it.
 
     Parameters
     ----------
