@@ -10,9 +10,10 @@ The route every tutorial takes, on one thread, channel-last:
 
 Probabilities are summed straight into the (Z, Y, X, C) result; labels into a buffer one
 window deep, shifted down slice by slice as the windows move along Z. Weighting a
-(pz, py, px, C) block broadcasts the weight over a short last axis, which is what the
-course's channel-first sums avoid. Only what the benchmark calls is kept: no argument
-checks, no progress bar; each batch's prediction is still checked for NaN, as then.
+(pz, py, px, C) block broadcasts the weight over a short last axis, which the course avoids
+by repeating the weights per class once, ahead of time. Only what the benchmark calls is
+kept: no argument checks, no progress bar; each batch's prediction is still checked for NaN,
+as then.
 
 >>> import numpy as np
 >>> vol = np.random.default_rng(0).random((40, 36, 20), np.float32)

@@ -16,11 +16,15 @@ its model is reported), it prints, all measured in the same run:
 (c) with ``--monai-python PY`` (an interpreter with torch and monai, not course
     dependencies), MONAI's ``sliding_window_inference`` on the same volume and settings
     (Gaussian, sigma = patch/8, a CPU tensor), alternating with the other sides run by run;
-    each side's imports are done before its clock starts;
+    each side's imports are done before its clock starts. Each ratio to ours is printed
+    twice: of the times, and of the times less each side's time inside its stand-in model
+    (the stand-ins differ: torch copies channel-first blocks on both cores);
 (d) peak resident memory above the input, as a multiple of the input's bytes;
 (e) its time over the contiguous floor: the same number of patch-sized weighted adds, one
     class plane at a time into a channel-first (C, Z, Y, X) accumulator, in plain NumPy on
-    one thread with a precomputed prediction;
+    one thread with a precomputed prediction; beside it the same adds channel-last, as
+    ``helpers.stitching`` makes them (the weights repeated per class, a few Z slices of every
+    window of a batch in turn, into (Z, Y, X, C) sums), also on one thread;
 (f) the patchify -> model -> unpatchify route (no blending: unpatchify keeps only the
     non-overlapping patches).
 
@@ -109,6 +113,27 @@ def run_floor(vol: np.ndarray) -> None:
         wsum[win] += w
 
 
+def run_floor_channel_last(vol: np.ndarray) -> None:
+    from helpers.patches import gaussian_weights, sliding_windows
+
+    w = gaussian_weights(PATCH)
+    w3 = np.repeat(w[..., None], CLASSES, axis=-1)
+    pred = np.ascontiguousarray(identity_like(vol[:PATCH, :PATCH, :PATCH, None]))
+    slices = 8  # helpers.stitching.CHUNK_BYTES for 64² x 3 classes
+    tmp = np.empty((slices, PATCH, PATCH, CLASSES), np.float32)
+    acc = np.zeros((*vol.shape, CLASSES), np.float32)
+    wsum = np.zeros(vol.shape, np.float32)
+    windows = sliding_windows(vol.shape, PATCH, OVERLAP)
+    for first in range(0, len(windows), BATCH):
+        batch = windows[first : first + BATCH]
+        for a in range(0, PATCH, slices):
+            for win in batch:
+                np.multiply(pred[a : a + slices], w3[a : a + slices], out=tmp)
+                rows = (slice(win[0].start + a, win[0].start + a + slices), *win[1:])
+                acc[rows] += tmp
+                wsum[rows] += w[a : a + slices]
+
+
 def run_patchify(vol: np.ndarray, output: str) -> None:
     import patchify
 
@@ -152,6 +177,7 @@ IMPORTS = {
     "predict": ["helpers.inference", "tqdm.auto"],
     "frozen": ["frozen_predict_volume", "tqdm.auto"],
     "floor": ["helpers.patches"],
+    "floor_cl": ["helpers.patches"],
     "patchify": ["patchify"],
     "monai": ["torch", "monai.inferers"],
 }
@@ -168,6 +194,7 @@ def worker(mode: str, n: int, output: str) -> dict:
         "predict": lambda: run_predict(vol, output),
         "frozen": lambda: run_frozen(vol, output),
         "floor": lambda: run_floor(vol),
+        "floor_cl": lambda: run_floor_channel_last(vol),
         "patchify": lambda: run_patchify(vol, output),
         "monai": lambda: run_monai(vol, output),
     }[mode]
@@ -271,6 +298,7 @@ def main() -> None:
     for n in args.sizes:
         windows = len(sliding_windows((n, n, n), PATCH, OVERLAP))
         floor = measure_once("floor", n, "probabilities", idle=idle)
+        floor["channel_last"] = measure_once("floor_cl", n, "probabilities", idle=idle)["seconds"]
         for output in ("probabilities", "labels"):
             runs: dict[str, list[dict]] = {side: [] for side in sides}
             for _ in range(args.repeats):
@@ -281,30 +309,39 @@ def main() -> None:
             rows.append((n, windows, output, {k: summary(v) for k, v in runs.items()}, floor, pf))
     head = (
         f"{'volume':>7s} {'output':>13s} {'side':>8s} | {'median s':>8s} {'range s':>11s} {'user s':>6s} "
-        f"{'sys s':>5s} {'faults':>7s} {'model s':>7s} {'mem/input':>9s} | {'vs ours':>7s}"
+        f"{'sys s':>5s} {'faults':>7s} {'model s':>7s} {'mem/input':>9s} | "
+        f"{'vs ours':>7s} {'less model':>10s}"
     )
     print(head)
     print("-" * len(head))
     for n, windows, output, sums, floor, pf in rows:
         ours = sums["predict"]["seconds"]
+        ours_rest = ours - sums["predict"]["model"]
         for side, m in sums.items():
             print(
                 f"{n:>6d}³ {output:>13s} {side:>8s} | {m['seconds']:8.2f} {m['min']:5.2f}-{m['max']:<5.2f} "
                 f"{m['user']:6.2f} {m['sys']:5.2f} {m['faults']:7.0f} {m['model']:7.2f} "
-                f"{m['extra_over_input']:9.2f} | {m['seconds'] / ours:7.2f}"
+                f"{m['extra_over_input']:9.2f} | {m['seconds'] / ours:7.2f} "
+                f"{(m['seconds'] - m['model']) / ours_rest:10.2f}"
             )
         print(
             f"{'':>7s} {'':>13s} {'floor':>8s} | {floor['seconds']:8.2f}   "
-            f"(predict_volume / floor {ours / floor['seconds']:.2f}); patchify route {pf['seconds']:.2f} s, "
+            f"(predict_volume / floor {ours / floor['seconds']:.2f}); channel-last "
+            f"{floor['channel_last']:.2f} s (floor / it {floor['seconds'] / floor['channel_last']:.2f})"
+        )
+        print(
+            f"{'':>7s} {'':>13s} {'':>8s} | patchify route {pf['seconds']:.2f} s, "
             f"mem/input {pf['extra_over_input']:.2f}; {windows} windows"
         )
     busy = sum(m["busy"] for *_, sums, _, _ in rows for m in sums.values())
     print("\nvs ours: the side's median time / predict_volume's median time, same output and size")
+    print("less model: the same ratio with each side's median time inside its stand-in model taken away")
     print("  (targets at 384³: frozen >= 2.5 for probabilities; MONAI >= 1 for probabilities, >= 4 labels)")
     print("sys s, faults: kernel CPU time and page faults (minor + major) inside the measured call")
     print("model s: time inside the stand-in model; mem/input: peak RSS above the input / input bytes")
     print("  (target: labels <= 1.5 at 384³)")
-    print("floor: one-thread channel-first weighted adds, precomputed prediction")
+    print("floor: one-thread channel-first weighted adds, precomputed prediction; channel-last: the")
+    print("  same adds into (Z, Y, X, C) sums, 8 Z slices of every window of a batch in turn")
     print("patchify: patchify -> model -> unpatchify per class (non-overlapping patches kept, no blending)")
     print(f"runs started busy (over {args.idle_cores} cores after {args.idle_wait:.0f} s of waiting): {busy}")
 

@@ -17,10 +17,11 @@ with cutting and stitching after it instead, which is faster on few cores
 
 :func:`predict_volume` is a sequence of steps, each a function of its own:
 :func:`_options` (every argument check), :func:`_windows` (the grid, or the part of it a
-``region`` needs), :func:`_cut_batch` (windows into a batch buffer, padded),
-:class:`_Predictor` (the model on a batch, mirrored and checked), and the merging
-:class:`helpers.stitching._Stitcher`, built on the first output; :func:`_run_sequential`
-or :func:`_run_pipelined` drives them (after :func:`_run_probe` for a callable model).
+``region`` needs), :func:`_cut_batch` (windows into a batch buffer, padded; threads share
+a batch cut from an array in memory), :class:`_Predictor` (the model on a batch, mirrored
+and checked), and the merging :class:`helpers.stitching._Stitcher`, built on the first
+output; :func:`_run_sequential` or :func:`_run_pipelined` drives them (after
+:func:`_run_probe` for a callable model).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from helpers.patches import (
     window_starts,
 )
 from helpers.stitching import Output, _Stitcher
+from helpers.workers import Workers
 
 #: Batch buffers in the ring between the producer, the model and the stitcher.
 RING_DEPTH = 4
@@ -346,7 +348,8 @@ def predict_volume(
         :data:`PROBE_BATCHES` calls kept under half a core busy on average (a GPU, a
         sleep, a remote call). A callable that computes on the CPU runs sequentially.
     threads : int, optional
-        Threads that share the stitching arithmetic (default: cores, at most 4).
+        Threads that share the stitching arithmetic and, for an array in memory, cutting
+        each batch's windows (default: cores, at most 4). The result does not depend on it.
     out : writable array, optional
         Receives the result slab by slab instead of a new array: (Z, Y, X) integer
         for labels, (Z, Y, X, n_classes) float32 for probabilities (or float16: half the
@@ -376,6 +379,7 @@ def predict_volume(
     threaded = _worth_pipelining(model) if pipeline is None else pipeline  # None: measured
     groups = [windows[i : i + opts.batch_size] for i in range(0, len(windows), opts.batch_size)]
     source = _Source(volume)
+    cutters = Workers(opts.threads if source.direct else 1)  # an array in memory: threads share each batch
     ring = [np.empty((opts.batch_size, *opts.patch, n_in), dtype=np.float32) for _ in range(RING_DEPTH)]
     stitchers: list[_Stitcher] = []  # built on the first output, which gives the number of classes
 
@@ -390,7 +394,9 @@ def predict_volume(
 
     with tqdm(total=len(windows), disable=not progress, desc="predict_volume", unit="patch") as bar:
         stages = (
-            lambda k, slot: _cut_batch(source, groups[k], shape, ring[slot], opts.pad_value),
+            lambda k, slot: cutters.run(
+                lambda t: _cut_batch(source, groups[k], shape, ring[slot], opts.pad_value, (t, cutters.n))
+            ),
             lambda k, slot: predictor(k, ring[slot]),
             stitch,
             lambda k: bar.update(len(groups[k])),
@@ -405,6 +411,7 @@ def predict_volume(
             runner(len(groups), *stages, first=first)
             return stitchers[0].finish()
         finally:
+            cutters.close()
             if stitchers:
                 stitchers[0].close()
 
@@ -475,18 +482,27 @@ def _z_step(windows: Sequence[Window]) -> int:
 
 
 def _cut_batch(
-    source: _Source, windows: Sequence[Window], shape: tuple[int, ...], batch: np.ndarray, pad_value: float
+    source: _Source,
+    windows: Sequence[Window],
+    shape: tuple[int, ...],
+    batch: np.ndarray,
+    pad_value: float,
+    share: tuple[int, int] = (0, 1),
 ) -> None:
     """Cut ``windows`` from ``source`` into ``batch`` (B, pz, py, px, C_in), padding with ``pad_value``
-    where a window passes the volume's edge and in the slots past the last window."""
+    where a window passes the volume's edge and in the slots past the last window.
+
+    ``share`` is (t, n): cut only slots t, t + n, t + 2n, ... (n threads share a batch this way)."""
+    t, n = share
     full = tuple(slice(0, p) for p in batch.shape[1:4])
-    for i, window in enumerate(windows):
-        inside, local = clip_window(window, shape)
+    for i in range(t, len(batch), n):
+        if i >= len(windows):
+            batch[i] = pad_value
+            continue
+        inside, local = clip_window(windows[i], shape)
         if local != full:
             batch[i] = pad_value
         batch[i][local] = source.read(inside)
-    if len(windows) < len(batch):
-        batch[len(windows) :] = pad_value
 
 
 class _Predictor:

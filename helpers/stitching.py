@@ -6,33 +6,48 @@ keeps the running sums only for Z in ``[base, base + depth)``, in a ring indexed
 slab of Z it is finalised (normalised, or argmaxed for ``output="labels"``) and written
 out, so the working memory is O(patch depth x Y x X x n_classes).
 
-The sums are stored channel-first, one contiguous (depth, Y, X) plane per class plus one
-for the summed weights. Broadcasting a weight over a short last axis of 3 classes is
-about 3x slower than these contiguous planes, and the planes are split between threads
-with no locks, since no two threads ever write the same voxel.
+The sums are stored channel-last, (depth, Y, X, C), as the model returns its classes, so
+weighting a window is one multiply by the blend weights (repeated once per class, ahead of
+time) and one add, each over contiguous rows of px x C values. They are made a few Z slices
+at a time (:data:`CHUNK_BYTES`), those slices of every window of a batch in turn, so the
+sums the windows share are still in the cache when the next window adds to them. Reading one
+class of a channel-last prediction at a time into channel-first sums, as this module did
+before, is a strided pass per class: ``benchmarks/stitching.py`` times both ways as its
+"floor" (docs/benchmarks.md).
+
+Threads split each run of windows (the windows that share one Z start) by Z: thread t
+adds Z slices ``[z_t, z_t+1)`` of every window of the run, in order, so no two threads
+write the same voxel and each voxel sums its windows in the same order whatever the
+number of threads: the result is the same to the last bit.
+
+The summed weights are the same for every row of windows, so they are summed once
+(:func:`_row_weight_sum`) and a finished slice adds up the rows that cover it
+(:func:`_summed_weights`, in row order, as a ring of sums would have). A finished slice
+is checked, blended or argmaxed, and zeroed for reuse in one pass while it is in cache.
 
 The arithmetic is in plain functions on arrays, each a step a reader can take alone:
-:func:`_ring_pieces` (where absolute Z lives in the ring), :func:`_share_planes` and
-:func:`_x_bands` (which thread writes what), :func:`_row_weight_sum` (the summed weights
-of a row of windows), :func:`_add_weighted` (one window into the sums),
-:func:`_check_finite_sums`, :func:`_blend_slices` and :func:`_argmax_slices` (a
-finished slab out). The class keeps only the ring's state: ``base`` (the first Z not yet
-written out) and ``requested`` (every Z below it is complete).
+:func:`_ring_pieces` (where absolute Z lives in the ring), :func:`_z_shares` (which
+thread writes which slices), :func:`_row_weight_sum`, :func:`_add_window` (slices of one
+window into the sums), :func:`_check_finite`, :func:`_summed_weights`, :func:`_blend_slice`
+and :func:`_argmax_slice` (a finished slice out). The class keeps only the ring's state:
+``base`` (the first Z not yet written out) and ``requested`` (every Z below it is complete).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
 from helpers.memory import zeros
 from helpers.patches import Window, clip_window
+from helpers.workers import Workers
 
 Output = Literal["probabilities", "labels"]
+
+#: Bytes of a window's prediction weighted at once: whole Z slices, at least one (about half an L2).
+CHUNK_BYTES = 3 << 17
 
 
 def _ring_pieces(z0: int, z1: int, depth: int) -> Iterator[tuple[slice, slice]]:
@@ -44,36 +59,14 @@ def _ring_pieces(z0: int, z1: int, depth: int) -> Iterator[tuple[slice, slice]]:
         yield slice(0, n - first), slice(first, n)
 
 
-def _share_planes(
-    n_classes: int, threads: int, width: int
-) -> tuple[list[list[int]], list[int], list[tuple[int, int]]]:
-    """How ``threads`` threads share ``n_classes`` class planes of X extent ``width``.
+def _z_shares(length: int, threads: int) -> list[tuple[int, int]]:
+    """``threads`` contiguous shares of ``range(length)``, as equal as can be (some may be empty).
 
-    Returns ``(whole, banded, fixed_bands)``: the planes each thread owns whole, the
-    planes left over (split into X bands per batch, :func:`_x_bands`), and equal fixed X
-    bands, one per thread, for the summed-weights plane.
+    >>> _z_shares(64, 2), _z_shares(5, 3)
+    ([(0, 32), (32, 64)], [(0, 1), (1, 3), (3, 5)])
     """
-    cuts = np.linspace(0, width, threads + 1).astype(int)
-    whole = threads * (n_classes // threads)
-    return (
-        [list(range(t, whole, threads)) for t in range(threads)],
-        list(range(whole, n_classes)),
-        [(int(cuts[t]), int(cuts[t + 1])) for t in range(threads)],
-    )
-
-
-def _x_bands(windows: Sequence[Window], width: int, threads: int) -> list[tuple[int, int]]:
-    """Absolute X bands, one per thread, each covering the same share of the windows' voxels."""
-    if threads == 1:
-        return [(0, width)]
-    edges = np.zeros(width + 1, np.int64)
-    for window in windows:
-        edges[window[2].start] += 1
-        edges[min(window[2].stop, width)] -= 1
-    cum = np.cumsum(np.cumsum(edges[:-1]))
-    cuts = [0, *(int(np.searchsorted(cum, cum[-1] * k / threads)) for k in range(1, threads))]
-    cuts.append(width)
-    return [(cuts[t], cuts[t + 1]) for t in range(threads)]
+    cuts = np.linspace(0, length, threads + 1).astype(int)
+    return [(int(cuts[t]), int(cuts[t + 1])) for t in range(threads)]
 
 
 def _row_weight_sum(row: Sequence[Window], weights: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -86,120 +79,95 @@ def _row_weight_sum(row: Sequence[Window], weights: np.ndarray, shape: tuple[int
     return block
 
 
-def _add_weighted(
+def _add_window(
     acc: np.ndarray,
     pred: np.ndarray,
     inside: Window,
     local: Window,
-    planes: Sequence[int],
+    zs: tuple[int, int],
     weights: np.ndarray | None,
     tmp: np.ndarray,
 ) -> None:
-    """Add one window's prediction ``pred`` (pz, py, px, C) times ``weights`` into the ring ``acc``.
+    """Add Z slices ``zs`` (patch coordinates) of one window's ``pred`` (pz, py, px, C) times
+    ``weights`` (pz, py, px, C) into the ring ``acc`` (depth, Y, X, C).
 
-    ``acc`` is (C, depth, Y, X); ``inside`` is the window in the volume and ``local`` the
-    same voxels in the patch (:func:`helpers.patches.clip_window`); only the class
-    ``planes`` are written. Without weights the window overwrites (``blend="none"``).
-    ``tmp`` is a patch-sized float32 scratch array.
+    ``inside`` is the window in the volume and ``local`` the same voxels in the patch
+    (:func:`helpers.patches.clip_window`). Without weights the window overwrites
+    (``blend="none"``). ``tmp`` (k, py, px, C) float32, k >= the slices of ``zs``, takes
+    the weighted slices.
     """
-    w = None if weights is None else weights[local]
-    pieces = list(_ring_pieces(inside[0].start, inside[0].stop, acc.shape[1]))
-    for c in planes:
-        src, target = pred[(*local, c)], acc[c]
-        if w is not None:
-            src = np.multiply(src, w, out=tmp[local])
-        for ring, off in pieces:
-            if w is None:
-                target[(ring, *inside[1:])] = src[off]
-            else:
-                target[(ring, *inside[1:])] += src[off]
+    rows = (slice(*zs), *local[1:])
+    src = pred[rows]
+    if weights is not None:
+        src = np.multiply(src, weights[rows], out=tmp[(slice(0, zs[1] - zs[0]), *local[1:])])
+    for ring, off in _ring_pieces(inside[0].start + zs[0], inside[0].start + zs[1], acc.shape[0]):
+        target = acc[(ring, *inside[1:])]
+        if weights is None:
+            target[...] = src[off]
+        else:
+            target += src[off]
 
 
-def _add_share(
-    acc: np.ndarray,
-    run: Sequence[tuple[np.ndarray, Window]],
-    planes: Sequence[int],
-    banded: Sequence[int],
-    band: tuple[int, int],
-    weights: np.ndarray | None,
-    tmp: np.ndarray,
-    shape: tuple[int, int, int],
+def _check_finite(sums: np.ndarray, z0: int, z1: int) -> None:
+    """Raise ValueError if the model put NaN or Inf into ``sums`` (..., C), a finished part of
+    absolute Z [z0, z1); a sum is one cheap pass, the class is found only on failure."""
+    if np.isfinite(np.add.reduce(sums, axis=None)) or np.isfinite(sums).all():
+        return
+    c = int(np.argmin(np.isfinite(sums.reshape(-1, sums.shape[-1])).all(axis=0)))
+    raise ValueError(
+        f"model output contains NaN or Inf in class {c} for the windows covering "
+        f"Z {z0}..{z1 - 1} (is the input normalised? have the weights diverged?)"
+    )
+
+
+def _summed_weights(
+    row_weights: np.ndarray, starts: Sequence[int], z: int, yx: tuple[slice, slice]
+) -> np.ndarray:
+    """The blend weights summed over every row of windows that covers absolute Z ``z``, cropped
+    to ``yx``: ``row_weights`` (:func:`_row_weight_sum`) from each row starting at one of
+    ``starts`` (increasing), added in that order. Returns (Y', X') float32."""
+    depth = row_weights.shape[0]
+    covering = [s for s in starts if s <= z < s + depth]
+    total = row_weights[(z - covering[0], *yx)]
+    for s in covering[1:]:
+        total = total + row_weights[(z - s, *yx)]
+    return total
+
+
+def _blend_slice(
+    sums: np.ndarray, wsum: np.ndarray | None, target: np.ndarray, j: int, channel_first: bool
 ) -> None:
-    """One thread's share of a run of (prediction, window) pairs: the class ``planes`` it owns
-    whole, and the ``banded`` planes within its absolute X ``band`` (see :func:`_share_planes`)."""
-    x0, x1 = band
-    for p, window in run:
-        inside, local = clip_window(window, shape)
-        _add_weighted(acc, p, inside, local, planes, weights, tmp)
-        a, b = max(inside[2].start, x0), min(inside[2].stop, x1)
-        if banded and a < b:
-            cols = slice(a - inside[2].start, b - inside[2].start)
-            _add_weighted(acc, p, (*inside[:2], slice(a, b)), (*local[:2], cols), banded, weights, tmp)
+    """Write ``sums`` (Y, X, C) divided by the summed weights ``wsum`` (Y, X; None: as they are)
+    to slice ``j`` of ``target``, (C, Z, Y, X) when ``channel_first``, else (Z, Y, X, C)."""
+    if not channel_first:
+        if wsum is None:
+            target[j] = sums
+        else:
+            np.divide(sums, wsum[..., None], out=target[j])
+        return
+    for c in range(sums.shape[-1]):
+        if wsum is None:
+            target[c, j] = sums[..., c]
+        else:
+            np.divide(sums[..., c], wsum, out=target[c, j])
 
 
-def _check_finite_sums(acc: np.ndarray, classes: Sequence[int], ring: slice, z0: int, z1: int) -> None:
-    """Raise ValueError if the model put NaN or Inf into a final slab (a sum is one cheap pass)."""
-    for c in classes:
-        sums = acc[c, ring]
-        if not np.isfinite(np.add.reduce(sums, axis=None)) and not np.isfinite(sums).all():
-            raise ValueError(
-                f"model output contains NaN or Inf in class {c} for the windows covering "
-                f"Z {z0}..{z1 - 1} (is the input normalised? have the weights diverged?)"
-            )
-
-
-def _blend_slices(
-    acc: np.ndarray,
-    wsum: np.ndarray | None,
-    yx: tuple[slice, slice],
-    first: int,
-    target: np.ndarray,
-    slices: Sequence[int],
-    channel_first: bool,
-) -> None:
-    """Divide the sums by the summed weights, slice by slice so each write stays in cache.
-
-    ``target`` is (C, Z, Y, X) when ``channel_first``, else (Z, Y, X, C); its slice ``j``
-    is ring slice ``first + j`` of ``acc`` (C, depth, Y, X), cropped to ``yx``.
-    """
-    for j in slices:
-        z = first + j
-        for c in range(acc.shape[0]):
-            dest = target[c, j] if channel_first else target[j, ..., c]
-            if wsum is None:
-                dest[...] = acc[(c, z, *yx)]
-            else:
-                np.divide(acc[(c, z, *yx)], wsum[(z, *yx)], out=dest)
-
-
-def _argmax_slices(
-    acc: np.ndarray,
-    wsum: np.ndarray | None,
-    yx: tuple[slice, slice],
-    first: int,
-    target: np.ndarray,
-    slices: Sequence[int],
-) -> None:
-    """Argmax over classes (the first of equal scores wins, as np.argmax) slice by slice.
-
-    One class is thresholded at 0.5 after normalising; several need no normalising, since
-    dividing every class by the same positive sum cannot change which is largest.
-    """
-    for j in slices:
-        z = first + j
-        scores = acc[(slice(None), z, *yx)]
-        if acc.shape[0] == 1:
-            if wsum is not None:
-                scores = scores / wsum[(z, *yx)]
-            target[j] = scores[0] >= 0.5
-            continue
-        best = scores[0].copy()
-        index = np.zeros(best.shape, target.dtype)
-        for c in range(1, acc.shape[0]):
-            higher = scores[c] > best
-            np.copyto(index, c, where=higher)
-            np.maximum(best, scores[c], out=best)
-        target[j] = index
+def _argmax_slice(sums: np.ndarray, wsum: np.ndarray | None, target: np.ndarray, j: int) -> None:
+    """Slice ``j`` of ``target`` (Z, Y, X): the argmax of ``sums`` (Y, X, C) over classes (the
+    first of equal scores wins, as np.argmax). One class is thresholded at 0.5 after dividing by
+    ``wsum``; several need no normalising, since dividing every class by the same positive sum
+    cannot change which is largest."""
+    if sums.shape[-1] == 1:
+        score = sums[..., 0] if wsum is None else sums[..., 0] / wsum
+        target[j] = score >= 0.5
+        return
+    best = sums[..., 0].copy()
+    index = np.zeros(best.shape, target.dtype)
+    for c in range(1, sums.shape[-1]):
+        higher = sums[..., c] > best
+        np.copyto(index, c, where=higher)
+        np.maximum(best, sums[..., c], out=best)
+    target[j] = index
 
 
 def _new_result(kept: tuple[int, ...], n_classes: int, output: Output) -> np.ndarray:
@@ -207,30 +175,6 @@ def _new_result(kept: tuple[int, ...], n_classes: int, output: Output) -> np.nda
     if output == "labels":
         return zeros(kept, np.uint8 if n_classes <= 256 else np.int32)
     return zeros((n_classes, *kept), np.float32)
-
-
-class _Threads:
-    """``n`` threads that run a function once per thread index, the last on the calling thread."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.pool = ThreadPoolExecutor(n - 1) if n > 1 else None
-
-    def run(self, fn: Callable[[int], None]) -> None:
-        """Run ``fn(t)`` for t in 0..n-1 and wait for all; the first error is raised."""
-        if self.pool is None:
-            fn(0)
-            return
-        futures = [self.pool.submit(fn, t) for t in range(self.n - 1)]
-        try:
-            fn(self.n - 1)
-        finally:
-            for f in futures:
-                f.result()
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
 
 
 def _slab_target(result: Any, rows: slice, shape: tuple[int, ...], channel_first: bool) -> tuple[Any, bool]:
@@ -245,15 +189,17 @@ def _slab_target(result: Any, rows: slice, shape: tuple[int, ...], channel_first
 
 
 class _Stitcher:
-    """Blended sums for Z in [base, base + depth), in a ring of channel-first planes.
+    """Blended sums for Z in [base, base + depth), in a channel-last ring (depth, Y, X, C).
 
-    ``acc[c]`` holds the weighted scores of class c; ``wsum`` the summed weights, added
-    once per row of windows from :func:`_row_weight_sum` (labels of several classes need none).
+    ``acc`` holds the weighted scores. The summed weights are not kept in a ring: every row
+    of windows sums the same weights (:func:`_row_weight_sum`, once), so a finished slice
+    adds up the rows that cover it (:func:`_summed_weights`; labels of several classes need
+    none).
 
     ``depth`` is the ring's depth: a window's, or a window and one grid step when
     pipelined, so that a Z row's slabs are finalised a share per batch during the next
     row instead of all at once (a pipelined stitcher then keeps pace with the model).
-    The threads share the class planes (:func:`_share_planes`, :func:`_x_bands`).
+    The threads share each run of windows by Z (:func:`_z_shares`).
     """
 
     def __init__(
@@ -268,25 +214,26 @@ class _Stitcher:
         crop: tuple[slice, slice, slice] | None = None,
         depth: int | None = None,
     ) -> None:
-        self.shape, self.weights, self.output, self.n_classes = shape, weights, output, n_classes
+        self.shape, self.output, self.n_classes = shape, output, n_classes
         self.crop = crop or tuple(slice(0, s) for s in shape)
         self.yx = self.crop[1:]
         self.row = [w for w in windows if w[0] == windows[0][0]]
         patch = tuple(s.stop - s.start for s in windows[0])
         self.patch_z = min(patch[0], shape[0])
         self.depth = min(depth or patch[0], shape[0])
-        self.base, self.requested, self.last_row = 0, 0, -1
-        plane = (self.depth, *shape[1:])
-        self.acc = zeros((n_classes, *plane), np.float32)  # pages mapped at once (helpers.memory)
+        self.base, self.requested = 0, 0
+        self.acc = zeros((self.depth, *shape[1:], n_classes), np.float32)  # pages mapped at once
         normalise = weights is not None and (output == "probabilities" or n_classes == 1)
-        self.wsum = zeros(plane, np.float32) if normalise else None
-        self.row_weights: np.ndarray | None = None  # _row_weight_sum of self.row, once needed
-        self.threads = max(1, min(threads, shape[2]))
-        self.whole, self.banded, self.fixed_bands = _share_planes(n_classes, self.threads, shape[2])
-        self.tmp = [np.empty(patch, np.float32) for _ in range(self.threads)]
-        self.workers = _Threads(self.threads)
-        # Probabilities of our own are kept channel-first, as the sums are, so each class plane
-        # is written contiguously; finish() returns the channel-last view (no copy).
+        self.row_weights = _row_weight_sum(self.row, weights, shape) if normalise else None
+        self.row_starts = sorted({w[0].start for w in windows})
+        # The weights once per class, so that weighting a window is one contiguous multiply.
+        self.weights = None if weights is None else np.repeat(weights[..., None], n_classes, axis=-1)
+        self.threads = max(1, min(threads, self.patch_z))
+        slices = max(1, min(patch[0], CHUNK_BYTES // (4 * n_classes * patch[1] * patch[2])))
+        self.tmp = [np.empty((slices, *patch[1:], n_classes), np.float32) for _ in range(self.threads)]
+        self.workers = Workers(self.threads)
+        # Probabilities of our own are kept channel-first, each class one contiguous block, as
+        # nnU-Net and MONAI keep them; finish() returns the channel-last view (no copy).
         self.channel_first = out is None and output == "probabilities"
         kept = tuple(c.stop - c.start for c in self.crop)
         self.result = out if out is not None else _new_result(kept, n_classes, output)
@@ -308,26 +255,22 @@ class _Stitcher:
         self.requested = max(self.requested, z)  # every Z below the row's start is complete
         if self.base < z + self.patch_z - self.depth:  # the ring slices the run will use
             self.finalise(z + self.patch_z - self.depth)
-        new_row = self.wsum is not None and z != self.last_row
-        self.last_row = z
         run = list(zip(preds, windows, strict=True))
-        bands = _x_bands(windows, self.shape[2], self.threads)
-        self.workers.run(lambda t: self._add_band(t, run, bands[t], new_row, z))
+        shares = _z_shares(min(z + self.patch_z, self.shape[0]) - z, self.threads)
+        self.workers.run(lambda t: self._add_share(run, shares[t], self.tmp[t]))
         if self.base < self.requested:  # a share of the pending slabs, in step with the row
             quota = -(-(self.depth - self.patch_z) * len(windows) // len(self.row)) + 1
             self.finalise(min(self.requested, self.base + quota))
 
-    def _add_band(
-        self, t: int, run: list[tuple[np.ndarray, Window]], band: tuple[int, int], new_row: bool, z: int
-    ) -> None:
-        """Thread ``t``'s share of a run: its fixed band of weights, its planes, its X band of the rest."""
-        if new_row:
-            if self.row_weights is None:
-                self.row_weights = _row_weight_sum(self.row, self.weights, self.shape)
-            (f0, f1) = self.fixed_bands[t]
-            for ring, off in _ring_pieces(z, min(z + self.patch_z, self.shape[0]), self.depth):
-                self.wsum[ring, :, f0:f1] += self.row_weights[off, :, f0:f1]
-        _add_share(self.acc, run, self.whole[t], self.banded, band, self.weights, self.tmp[t], self.shape)
+    def _add_share(self, run: list[tuple[np.ndarray, Window]], zs: tuple[int, int], tmp: np.ndarray) -> None:
+        """One thread's share of a run: Z slices ``zs`` (from the run's Z start) of every window."""
+        # A few slices of every window in turn, so that the sums they share stay in cache.
+        placed = [(p, *clip_window(window, self.shape)) for p, window in run]
+        step = tmp.shape[0]
+        for a in range(zs[0], zs[1], step):
+            chunk = (a, min(zs[1], a + step))
+            for p, inside, local in placed:
+                _add_window(self.acc, p, inside, local, chunk, self.weights, tmp)
 
     def finalise(self, upto: int) -> None:
         """Write Z in [base, upto) to the result and free those ring slices."""
@@ -339,28 +282,37 @@ class _Stitcher:
 
     def _finalise_piece(self, ring: slice, z0: int, z1: int) -> None:
         """Check, blend or argmax, and write out absolute Z [z0, z1) (ring slices ``ring``)."""
-        self.workers.run(
-            lambda t: _check_finite_sums(self.acc, range(t, self.n_classes, self.threads), ring, z0, z1)
-        )
         a, b = max(z0, self.crop[0].start), min(z1, self.crop[0].stop)  # the rows of the result
+        rows = slice(a - self.crop[0].start, max(a, b) - self.crop[0].start)
+        target, later = None, False
         if a < b:
-            rows = slice(a - self.crop[0].start, b - self.crop[0].start)
             plane = tuple(c.stop - c.start for c in self.yx)
             classes = (self.n_classes,) if self.output == "probabilities" else ()
             target, later = _slab_target(self.result, rows, (b - a, *plane, *classes), self.channel_first)
-            first = ring.start + a - z0
-            bounds = np.linspace(0, b - a, self.threads + 1).astype(int)
-            args = (self.acc, self.wsum, self.yx, first, target)
-            if self.output == "probabilities":
-                step = partial(_blend_slices, *args, channel_first=self.channel_first)
-            else:
-                step = partial(_argmax_slices, *args)
-            self.workers.run(lambda t: step(slices=range(bounds[t], bounds[t + 1])))
-            if later:
-                self.result[rows] = target
-        self.acc[:, ring] = 0
-        if self.wsum is not None:
-            self.wsum[ring] = 0
+        parts = _z_shares(z1 - z0, self.threads)
+        self.workers.run(lambda t: self._finish_slices(ring.start, z0, z1, range(*parts[t]), target, (a, b)))
+        if later:
+            self.result[rows] = target
+
+    def _finish_slices(
+        self, first: int, z0: int, z1: int, js: range, target: Any, kept: tuple[int, int]
+    ) -> None:
+        """One thread's slices ``js`` of a finished piece (ring slice ``first + j`` is absolute Z
+        ``z0 + j``): each checked, blended or argmaxed into ``target`` (whose slice 0 is
+        absolute Z ``kept[0]``) when in ``kept``, the crop's rows, and zeroed while in cache."""
+        for j in js:
+            z, sums = z0 + j, self.acc[first + j]
+            _check_finite(sums, z0, z1)
+            if kept[0] <= z < kept[1]:
+                crop = sums[self.yx]
+                wsum = None
+                if self.row_weights is not None:
+                    wsum = _summed_weights(self.row_weights, self.row_starts, z, self.yx)
+                if self.output == "probabilities":
+                    _blend_slice(crop, wsum, target, z - kept[0], self.channel_first)
+                else:
+                    _argmax_slice(crop, wsum, target, z - kept[0])
+            sums[...] = 0
 
     def finish(self) -> Any:
         """Finalise what is left and return the result (channel-last probabilities, or labels)."""

@@ -1,4 +1,4 @@
-"""Issue 12: pipelined predict_volume, channel-first stitching, mirroring TTA, post-processing."""
+"""Issue 12: pipelined predict_volume, threaded stitching, mirroring TTA, post-processing."""
 
 import threading
 import time
@@ -30,7 +30,7 @@ def test_pipelined_equals_sequential_bit_for_bit(shape, blend, output, rng):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("overlap", [0.25, 0.5])
 def test_stitching_matches_the_all_in_memory_reference(shape, overlap, rng):
-    """The ring of channel-first planes computes what stitch_patches does with every patch held."""
+    """The ring of running sums computes what stitch_patches does with every patch held."""
     v = rng.random(shape).astype(np.float32)
     got = predict_volume(ramp_model, v, 32, overlap, 5, "gaussian", progress=False)
     patches, windows = extract_patches(v, 32, overlap)
@@ -258,8 +258,11 @@ def test_docstring_examples_hold():
     import helpers.inference
     import helpers.metrics
     import helpers.postprocessing
+    import helpers.stitching
+    import helpers.workers
 
-    for module in (helpers.inference, helpers.postprocessing, helpers.evaluation, helpers.metrics):
+    modules = (helpers.inference, helpers.postprocessing, helpers.evaluation, helpers.metrics)
+    for module in (*modules, helpers.stitching, helpers.workers):
         assert doctest.testmod(module).failed == 0, module.__name__
 
 
