@@ -106,8 +106,18 @@ def label_directions(ax: plt.Axes, axis: str) -> None:
 
 
 def legend_handles(class_names: Sequence[str]) -> list[Patch]:
+    """Legend entries for :func:`label_cmap`'s colours, one per class: class 0, which is drawn
+    transparent, as an empty box named "<name>: transparent", so that every colour, and the
+    lack of one, is named.
+
+    Example
+    -------
+    >>> [h.get_label() for h in legend_handles(["pore", "quartz"])]
+    ['pore: transparent', 'quartz']
+    """
     cmap = label_cmap(len(class_names))
-    return [Patch(color=cmap(i), label=n) for i, n in enumerate(class_names) if i > 0]
+    clear = Patch(facecolor="none", edgecolor="0.5", label=f"{class_names[0]}: transparent")
+    return [clear] + [Patch(color=cmap(i), label=n) for i, n in enumerate(class_names) if i > 0]
 
 
 def show_orthogonal(

@@ -10,6 +10,8 @@ import pytest  # noqa: E402
 from helpers.viz import (  # noqa: E402
     SliceViewer,
     draw_window_grid,
+    label_cmap,
+    legend_handles,
     plot_confusion,
     plot_histogram,
     plot_history,
@@ -51,6 +53,15 @@ def test_opacity_and_axis_controls(volume):
     legend = viewer.widget.children[2].value
     assert "<b>b</b>" in legend and "<b>c</b>" in legend  # the legend names the classes
     assert "<b>a</b>: transparent" in legend  # and says which one is not drawn
+
+
+def test_figure_legends_name_every_class_and_which_one_is_not_drawn():
+    """A student's read of 06: its side-by-side legend listed the coloured classes only, so the
+    white of class 0 was named nowhere. Every class is listed, class 0 as transparent."""
+    handles = legend_handles(["pore", "quartz", "clay"])
+    assert [h.get_label() for h in handles] == ["pore: transparent", "quartz", "clay"]
+    assert handles[0].get_facecolor()[3] == 0 and label_cmap(3)(0)[3] == 0  # empty, as class 0 is drawn
+    assert handles[2].get_facecolor() == pytest.approx(label_cmap(3)(2))
 
 
 def test_viewer_refuses_mismatched_overlay(volume):
