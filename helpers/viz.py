@@ -22,6 +22,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from helpers.patches import Window
@@ -455,8 +456,10 @@ class SliceViewer:
         self.opacity = w.FloatSlider(value=0.45, min=0, max=1, step=0.05, description="opacity")
         self.picture = w.Image(format="png")
         panels = 1 + len(self.overlays)
-        with plt.ioff():
-            self.fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4.2), squeeze=False)
+        # A figure of its own, not pyplot's: the widget shows it as a picture, and pyplot would also
+        # show it under the next cell that draws a figure (a student's read of 06 found it there).
+        self.fig = Figure(figsize=(4 * panels, 4.2))
+        axes = self.fig.subplots(1, panels, squeeze=False)
         self.axes = list(axes[0])
         self.artists: list[Any] = []
         self._draw_static()

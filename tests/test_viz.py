@@ -64,6 +64,16 @@ def test_figure_legends_name_every_class_and_which_one_is_not_drawn():
     assert handles[2].get_facecolor() == pytest.approx(label_cmap(3)(2))
 
 
+def test_the_viewer_figure_is_not_pyplots_so_no_later_cell_shows_it_again(volume):
+    import matplotlib.pyplot as plt
+
+    image, labels = volume
+    before = set(plt.get_fignums())
+    viewer = SliceViewer(image, {"truth": labels}, class_names=("a", "b", "c"))
+    assert set(plt.get_fignums()) == before  # Jupyter's inline backend shows pyplot's open figures
+    assert bytes(viewer.picture.value).startswith(b"\x89PNG")  # the widget's own picture is drawn
+
+
 def test_viewer_refuses_mismatched_overlay(volume):
     image, labels = volume
     with pytest.raises(ValueError, match="overlay 'bad'"):
