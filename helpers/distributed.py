@@ -535,8 +535,10 @@ def _submit(client: Any, task: dict[str, Any], todo: list, progress: bool) -> li
     if progress and importlib.util.find_spec("bokeh") is not None:  # the dashboard needs bokeh
         print(f"Dask dashboard: {client.dashboard_link}")
     futures = [client.submit(_predict_chunk, task, i, r, pure=False) for i, r in todo]
-    if progress and futures:
-        from distributed import progress as show
+    if progress and futures:  # tqdm, as predict_volume: distributed's own bar showed nothing in a notebook
+        from distributed import as_completed
+        from tqdm.auto import tqdm
 
-        show(futures)
+        for _ in tqdm(as_completed(futures), total=len(futures), desc="predict_zarr", unit="chunk"):
+            pass
     return client.gather(futures)
