@@ -113,13 +113,20 @@ def run_floor(vol: np.ndarray) -> None:
         wsum[win] += w
 
 
+def chunk_slices() -> int:
+    """Z slices that helpers.stitching weights at once for these patches and classes."""
+    from helpers.stitching import CHUNK_BYTES
+
+    return max(1, CHUNK_BYTES // (4 * CLASSES * PATCH * PATCH))
+
+
 def run_floor_channel_last(vol: np.ndarray) -> None:
     from helpers.patches import gaussian_weights, sliding_windows
 
     w = gaussian_weights(PATCH)
     w3 = np.repeat(w[..., None], CLASSES, axis=-1)
     pred = np.ascontiguousarray(identity_like(vol[:PATCH, :PATCH, :PATCH, None]))
-    slices = 8  # helpers.stitching.CHUNK_BYTES for 64² x 3 classes
+    slices = chunk_slices()
     tmp = np.empty((slices, PATCH, PATCH, CLASSES), np.float32)
     acc = np.zeros((*vol.shape, CLASSES), np.float32)
     wsum = np.zeros(vol.shape, np.float32)
@@ -177,7 +184,7 @@ IMPORTS = {
     "predict": ["helpers.inference", "tqdm.auto"],
     "frozen": ["frozen_predict_volume", "tqdm.auto"],
     "floor": ["helpers.patches"],
-    "floor_cl": ["helpers.patches"],
+    "floor_cl": ["helpers.patches", "helpers.stitching"],
     "patchify": ["patchify"],
     "monai": ["torch", "monai.inferers"],
 }
@@ -341,7 +348,7 @@ def main() -> None:
     print("model s: time inside the stand-in model; mem/input: peak RSS above the input / input bytes")
     print("  (target: labels <= 1.5 at 384³)")
     print("floor: one-thread channel-first weighted adds, precomputed prediction; channel-last: the")
-    print("  same adds into (Z, Y, X, C) sums, 8 Z slices of every window of a batch in turn")
+    print(f"  same adds into (Z, Y, X, C) sums, {chunk_slices()} Z slices of every window of a batch in turn")
     print("patchify: patchify -> model -> unpatchify per class (non-overlapping patches kept, no blending)")
     print(f"runs started busy (over {args.idle_cores} cores after {args.idle_wait:.0f} s of waiting): {busy}")
 

@@ -283,9 +283,9 @@ class _Stitcher:
     def _finalise_piece(self, ring: slice, z0: int, z1: int) -> None:
         """Check, blend or argmax, and write out absolute Z [z0, z1) (ring slices ``ring``)."""
         a, b = max(z0, self.crop[0].start), min(z1, self.crop[0].stop)  # the rows of the result
-        rows = slice(a - self.crop[0].start, max(a, b) - self.crop[0].start)
         target, later = None, False
         if a < b:
+            rows = slice(a - self.crop[0].start, b - self.crop[0].start)
             plane = tuple(c.stop - c.start for c in self.yx)
             classes = (self.n_classes,) if self.output == "probabilities" else ()
             target, later = _slab_target(self.result, rows, (b - a, *plane, *classes), self.channel_first)
