@@ -111,6 +111,23 @@ def test_labels_equal_argmax_of_probabilities(shape, blend, rng):
     assert np.array_equal(labels, probs.argmax(-1))
 
 
+@pytest.mark.parametrize(("classes", "dtype"), [(5, np.int16), (300, np.int32)])
+def test_labels_keep_the_first_of_equal_scores_as_argmax_does(classes, dtype, rng):
+    """Scores in steps of a quarter tie often; the labels are np.argmax's (the lowest class of
+    the highest score) with any number of classes and any integer ``out``."""
+    v = rng.random((24, 20, 18)).astype(np.float32)
+    steps = rng.integers(0, 4, (256, classes)).astype(np.float32) / 4
+
+    def tied(batch):  # each voxel's scores: one of 256 rows of ties, picked by its value
+        return steps[(batch[..., 0] * 255).astype(int)]
+
+    probs = predict_volume(tied, v, 16, 0.5, 4, "none", progress=False)
+    out = np.full(v.shape, -1, dtype)
+    labels = predict_volume(tied, v, 16, 0.5, 4, "none", "labels", progress=False, out=out)
+    assert labels is out and np.array_equal(labels, probs.argmax(-1))
+    assert (probs == probs.max(-1, keepdims=True)).sum(-1).max() > 1  # ties were there to break
+
+
 def test_single_channel_labels_threshold_at_half(rng):
     v = rng.random((40, 40, 40)).astype(np.float32)
     labels = predict_volume(identity, v, 32, 0.5, 4, output="labels", progress=False)
