@@ -352,9 +352,10 @@ def predict_volume(
         each batch's windows (default: cores, at most 4). The result does not depend on it.
     out : writable array, optional
         Receives the result slab by slab instead of a new array: (Z, Y, X) integer
-        for labels, (Z, Y, X, n_classes) float32 for probabilities (or float16: half the
-        memory, each value rounded once after blending in float32). A memmap or zarr
-        array lets the output exceed memory. ``out`` is returned.
+        for labels (wide enough for the classes: uint8 up to 256), (Z, Y, X, n_classes)
+        float32 for probabilities (or float16: half the memory, each value rounded once
+        after blending in float32). A memmap or zarr array lets the output exceed memory.
+        ``out`` is returned.
     region : 3 slices, optional
         Compute only the windows of the whole volume's grid that touch ``region`` and
         return the result for ``region`` alone: exactly the values the whole-volume
@@ -551,6 +552,11 @@ def _check_prediction(
         )
     if out is not None and opts.output == "probabilities" and out.shape[3] != n_out:
         raise ValueError(f"out has {out.shape[3]} channels but the model returns {n_out} classes")
+    if out is not None and opts.output == "labels" and np.iinfo(out.dtype).max < n_out - 1:
+        raise ValueError(
+            f"out's dtype {np.dtype(out.dtype)} holds labels up to {np.iinfo(out.dtype).max}, but the model "
+            f"returns {n_out} classes (labels 0..{n_out - 1}); give out a wider integer dtype"
+        )
     return n_out
 
 
