@@ -31,7 +31,7 @@ measured in the same run:
 Each measurement runs in a fresh process, started once the machine is idle (under
 ``--idle-cores`` busy over half a second, waiting at most ``--idle-wait`` seconds; the
 report counts those that could not wait). The peak is the kernel's high-water mark (VmHWM,
-reset through /proc/self/clear_refs after the input is built).
+reset through /proc/self/clear_refs after the input and the stand-in's scores are made).
 """
 
 from __future__ import annotations
