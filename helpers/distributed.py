@@ -35,6 +35,7 @@ import numpy as np
 
 from helpers.files import write_text_atomic
 from helpers.patches import as_patch_shape, check_overlap
+from helpers.stitching import check_label_dtype, label_dtype
 from helpers.volume import VolumeError
 from helpers.zarr_volumes import create_zarr_volume, open_zarr_volume, zarr_affine
 
@@ -198,6 +199,8 @@ def _predict_chunk(
         pipeline=_worker_gpu() if task["pipeline"] is None else task["pipeline"],
         region=region,
     )
+    if not np.can_cast(result.dtype, target.dtype):  # labels of over 256 classes: never wrap them
+        check_label_dtype(target.dtype, int(result.max()), task["output"])
     target[region] = result.astype(target.dtype, copy=False)
     write_text_atomic(Path(task["progress"]) / "_".join(map(str, index)), "")
     return {
@@ -240,8 +243,10 @@ def predict_zarr(
     input_zarr : path
         A (Z, Y, X) zarr volume (:func:`helpers.zarr_volumes.convert_to_zarr` makes one).
     output_zarr : path
-        Created if missing, with the input's affine; ``(Z, Y, X)`` uint8 labels or
-        ``(Z, Y, X, n_classes)`` float32 probabilities. An existing store must match.
+        Created if missing, with the input's affine; ``(Z, Y, X)`` labels (uint8, or int32
+        for over 256 classes: :func:`helpers.stitching.label_dtype`) or ``(Z, Y, X, n_classes)``
+        float32 probabilities. An existing store must match, its integer dtype wide enough
+        for the classes (a label that does not fit is refused, never wrapped).
     client : dask.distributed.Client, optional
         Any cluster. By default a LocalCluster of ``n_workers`` processes, one task at a
         time each, whose TensorFlow shares the cores out (:func:`worker_threads_env`) and
@@ -406,6 +411,8 @@ def _open_or_create_output(
                 f"has shape {target.shape} and dtype {target.dtype}; output={output!r} of this input needs "
                 f"shape {want} and {'an integer dtype' if output == 'labels' else 'float32'}",
             )
+        if output == "labels" and n_classes:
+            check_label_dtype(target.dtype, n_classes - 1, str(path))
         if getattr(target, "shards", None) is not None:
             raise VolumeError(
                 path, "is sharded: tasks would write the same shard files; use an unsharded array"
@@ -413,7 +420,7 @@ def _open_or_create_output(
         return target
     chunks = tuple(max(int(c), min(p, s)) for c, p, s in zip(chunks[:3], patch, shape, strict=True))
     if output == "labels":
-        return create_zarr_volume(path, shape, np.uint8, chunks, zarr_affine(source))
+        return create_zarr_volume(path, shape, label_dtype(n_classes or 1), chunks, zarr_affine(source))
     if not n_classes:
         raise ValueError("n_classes is needed to create a probabilities output (no run folder gives it)")
     return create_zarr_volume(path, (*shape, n_classes), np.float32, chunks, zarr_affine(source))

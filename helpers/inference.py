@@ -48,7 +48,7 @@ from helpers.patches import (
     sliding_windows,
     window_starts,
 )
-from helpers.stitching import Output, _Stitcher
+from helpers.stitching import Output, _Stitcher, check_label_dtype
 from helpers.workers import Workers
 
 #: Batch buffers in the ring between the producer, the model and the stitcher.
@@ -552,11 +552,8 @@ def _check_prediction(
         )
     if out is not None and opts.output == "probabilities" and out.shape[3] != n_out:
         raise ValueError(f"out has {out.shape[3]} channels but the model returns {n_out} classes")
-    if out is not None and opts.output == "labels" and np.iinfo(out.dtype).max < n_out - 1:
-        raise ValueError(
-            f"out's dtype {np.dtype(out.dtype)} holds labels up to {np.iinfo(out.dtype).max}, but the model "
-            f"returns {n_out} classes (labels 0..{n_out - 1}); give out a wider integer dtype"
-        )
+    if out is not None and opts.output == "labels":
+        check_label_dtype(out.dtype, n_out - 1, "out")
     return n_out
 
 

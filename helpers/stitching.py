@@ -179,10 +179,29 @@ def _argmax_slice(sums: np.ndarray, wsum: np.ndarray | None, target: np.ndarray,
     target[j] = index
 
 
+def label_dtype(n_classes: int) -> np.dtype:
+    """The dtype of new label maps for ``n_classes`` classes: uint8 up to 256, else int32.
+
+    >>> label_dtype(4), label_dtype(300)
+    (dtype('uint8'), dtype('int32'))
+    """
+    return np.dtype(np.uint8 if n_classes <= 256 else np.int32)
+
+
+def check_label_dtype(dtype: Any, highest: int, name: str) -> None:
+    """Raise ValueError, naming ``name``, if integer ``dtype`` cannot hold labels up to ``highest``."""
+    top = np.iinfo(dtype).max
+    if top < highest:
+        raise ValueError(
+            f"{name}'s dtype {np.dtype(dtype)} holds labels up to {top}, but the model returns labels "
+            f"up to {highest}; give {name} a wider integer dtype"
+        )
+
+
 def _new_result(kept: tuple[int, ...], n_classes: int, output: Output) -> np.ndarray:
     """The array a stitcher writes into without ``out=``: labels, or channel-first probabilities."""
     if output == "labels":
-        return zeros(kept, np.uint8 if n_classes <= 256 else np.int32)
+        return zeros(kept, label_dtype(n_classes))
     return zeros((n_classes, *kept), np.float32)
 
 

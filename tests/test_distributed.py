@@ -99,6 +99,26 @@ def test_predict_zarr_equals_predict_volume_exactly(output, overlap, chunks, vol
     assert again["computed"] == 0 and again["skipped"] == stats["chunks"]
 
 
+def test_labels_of_over_256_classes_are_written_whole_or_refused_never_wrapped(tmp_path):
+    """predict_zarr made uint8 labels for any model and cast each chunk into them: label 299 became 43."""
+    v = np.random.default_rng(3).random((24, 20, 28), dtype=np.float32)
+    path = save_zarr_volume(tmp_path / "in.zarr", v, AFFINE, chunks=16)
+    many = lambda batch: np.concatenate([np.zeros_like(batch)] * 299 + [batch], axis=-1)  # noqa: E731
+    ref = predict_volume(many, v, 16, 0.5, 4, output="labels", progress=False)
+    assert ref.dtype == np.int32 and ref.max() == 299
+    settings = {"patch_size": 16, "batch_size": 4, "chunks": 16, "progress": False}
+    predict_zarr(many, path, tmp_path / "wide.zarr", n_classes=300, **settings)
+    assert np.array_equal(open_zarr_volume(tmp_path / "wide.zarr")[:], ref)
+    with pytest.raises(
+        ValueError,
+        match=r"narrow.zarr's dtype uint8 holds labels up to 255, but the model returns labels up to 299",
+    ):
+        predict_zarr(many, path, tmp_path / "narrow.zarr", **settings)  # no n_classes: made uint8
+    create_zarr_volume(tmp_path / "given.zarr", v.shape, np.uint8, chunks=16)
+    with pytest.raises(ValueError, match=r"given.zarr's dtype uint8 holds labels up to 255"):
+        predict_zarr(many, path, tmp_path / "given.zarr", n_classes=300, **settings)
+
+
 def _worker_env():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(TESTS.parent), env.get("PYTHONPATH", "")])

@@ -179,7 +179,7 @@ def test_labels_out_too_narrow_for_the_classes_is_refused_naming_out(pipeline):
     volume = np.zeros((20, 20, 20), np.float32)
     narrow, wide = np.zeros(volume.shape, np.uint8), np.zeros(volume.shape, np.int16)
     with pytest.raises(
-        ValueError, match=r"out's dtype uint8 holds labels up to 255, but the model returns 300"
+        ValueError, match=r"out's dtype uint8 holds labels up to 255, but the model returns labels up to 299"
     ):
         predict_volume(many, volume, 16, output="labels", progress=False, out=narrow, pipeline=pipeline)
     got = predict_volume(many, volume, 16, output="labels", progress=False, out=wide, pipeline=pipeline)
